@@ -1,0 +1,3 @@
+"""testbed: measure and block fine-tuning reversion in toy models and causal LMs through one shared layer."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,73 @@
+"""``python -m testbed VERB ...``.
+
+``fit``/``validate``/``test``/``predict`` go to LightningCLI. Verbs that are not Trainer methods
+(``study``, ``report``, ``vrev``) are dispatched beside it, each to a typed function via jsonargparse.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from testbed.errors import TestbedError
+
+# verb -> "module:function"; imported lazily so `fit` does not pay for report/plotting imports.
+ORCHESTRATION_VERBS = {
+    "study": "testbed.history:study_command",
+    "report": "testbed.report:report_command",
+    "vrev": "testbed.directions:vrev_command",
+}
+
+
+class _DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def _quiet_third_party() -> None:
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLightningTips())
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def run_verb(args: Sequence[str] | None = None) -> object:
+    """Run one verb with its arguments (default: ``sys.argv[1:]``); raises ``TestbedError`` for bad input."""
+    from_argv = args is None
+    args = list(sys.argv[1:] if args is None else args)
+    if args and args[0] in ORCHESTRATION_VERBS:
+        from jsonargparse import CLI
+
+        module_name, func_name = ORCHESTRATION_VERBS[args[0]].split(":")
+        func = getattr(importlib.import_module(module_name), func_name)
+        return CLI(func, args=args[1:], prog=f"testbed {args[0]}", exit_on_error=False)
+    from testbed.cli import TestbedCLI
+
+    return TestbedCLI(args=None if from_argv else args)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point; bad input prints one ``testbed: error: ...`` line and exits with status 2."""
+    _quiet_third_party()
+    from jsonargparse import ArgumentError
+
+    try:
+        run_verb(argv)
+    except (TestbedError, ArgumentError) as exc:
+        print(f"testbed: error: {_one_message(exc)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_message(exc: BaseException) -> str:
+    """The error text without jsonargparse's repeated nested detail (kept to the first few lines)."""
+    noise = ("Union subtypes", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "Given value", "NestedArg(")
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    lines = [line for line in lines if not any(n in line for n in noise)]
+    return " | ".join(lines[:8]) + (" | ..." if len(lines) > 8 else "")
+
+
+if __name__ == "__main__":
+    main()
