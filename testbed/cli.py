@@ -7,7 +7,16 @@ from typing import Any
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from testbed.checkpoint_io import check_ckpt_path, with_resumable_rng, with_safe_checkpoint_io
+from testbed.guards import (
+    check_config_files,
+    check_run_length,
+    lightning_config_errors,
+    removing_partial_outputs,
+    with_guard,
+)
 from testbed.protocol import TestbedDataModule, TestbedModule
+from testbed.strategies import check_strategy
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -44,6 +53,37 @@ class TestbedCLI(LightningCLI):
         # Raise instead of printing the whole usage: `testbed.__main__` turns it into one error line.
         kwargs["exit_on_error"] = False
         return super().init_parser(**kwargs)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        # Reliability defaults (testbed.checkpoint_io, testbed.guards): atomic weights_only checkpoints, RNG state in
+        # checkpoints (exact resume) and the NaN/inf guard, unless the config already names them.
+        config = self._get(self.config_init, "trainer", default={}) or {}
+        kwargs.setdefault("plugins", with_safe_checkpoint_io(config.get("plugins")))
+        kwargs.setdefault("callbacks", with_resumable_rng(with_guard(config.get("callbacks"))))
+        with lightning_config_errors(also=(ValueError,)):
+            return super().instantiate_trainer(**kwargs)
+
+    def fit(self, **kwargs: Any) -> None:
+        # Bad input found during Lightning's setup must not leave a half-written run folder (testbed.guards).
+        with removing_partial_outputs(self.trainer), lightning_config_errors():
+            self.trainer.fit(**kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        # Refuse a missing, unsafe or non-Lightning --ckpt_path with one clear message before anything is written.
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+        super()._parse_ckpt_path()
+
+    def before_fit(self) -> None:
+        # Refuse a fit that trains nothing, and an intervention not correct under the chosen strategy.
+        check_run_length(self.trainer)
+        check_strategy(self.trainer)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # A config file that is not valid YAML: name the file (jsonargparse's message does not).
+        check_config_files(args)
+        super().parse_arguments(parser, args)
 
 
 __all__ = ["TestbedCLI", "TensorBoardLogger", "DEFAULT_RUNS_DIR"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,13 @@ from typing import Any
 import torch
 
 from testbed.errors import CheckpointError
+
+
+def _default_file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (``mkstemp`` uses 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
@@ -25,6 +33,7 @@ def atomic_write_bytes(path: str | os.PathLike, write: Callable[[io.BufferedWrit
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -47,6 +56,8 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"{path} is not a loadable {what} (not a torch.save archive)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files

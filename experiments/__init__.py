@@ -1,0 +1,1 @@
+"""Experiment configs, scripts and benchmarks (run as ``python -m experiments.<...>``)."""

@@ -1,0 +1,414 @@
+"""History-defined directions in activation space: v_rev and its controls, extracted, saved and loaded safely.
+
+For a layer with pooled probe representations ``r_w(x)`` under the witness checkpoint (the dominant phase,
+e.g. pre-alignment) and ``r_a(x)`` under the reference (aligned) checkpoint, on the same probe inputs x:
+
+- ``diff_means``: v_rev = (mean_x r_w - mean_x r_a) / ||.||, pointing from the aligned model back to the witness;
+- ``pca``: the top right-singular vector of the paired differences D = [r_w(x_i) - r_a(x_i)]_i (the principal
+  direction of their second moment, so a constant shift counts), sign-aligned with the mean difference.
+
+A ``DirectionSet`` holds unit vectors per layer, the two mean representations, and metadata (layers, widths,
+pooling, probe fingerprint, source checkpoints, method, kind, model class). Controls use the same format:
+``kind="random"`` (seeded Gaussian directions) and ``kind="shuffled_history"`` (a direction from an unrelated pair
+of checkpoints). Loading checks the metadata against the model and probe set in hand and refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from testbed.errors import CheckpointError, ConfigError
+from testbed.io import atomic_torch_save, load_state_dict, load_torch_file
+from testbed.probes import ProbeSet, check_pooling
+from testbed.protocol import Pooling, TestbedModule
+
+FORMAT = "testbed.direction/1"
+METHODS = ("diff_means", "pca")
+KINDS = ("vrev", "random", "shuffled_history")
+
+
+def model_class_name(module: Any) -> str:
+    """Qualified class name recorded in direction files."""
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+@dataclass
+class DirectionSet:
+    """Unit directions per layer plus the mean representations and metadata they came from."""
+
+    vectors: dict[str, Tensor]
+    metadata: dict[str, Any]
+    witness_mean: dict[str, Tensor] = field(default_factory=dict)
+    reference_mean: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.vectors)
+
+    @property
+    def pooling(self) -> Pooling:
+        return self.metadata["pooling"]
+
+    def width(self, layer: str) -> int:
+        return int(self.vectors[layer].numel())
+
+    def select(self, layers: Sequence[str] | None) -> DirectionSet:
+        """The subset for ``layers`` (all when None); a layer not in the file is a ``ConfigError``."""
+        if layers is None:
+            return self
+        missing = [name for name in layers if name not in self.vectors]
+        if missing:
+            raise ConfigError(f"direction file has no layer(s) {missing}; it holds: {', '.join(self.layers)}")
+        keep = list(layers)
+        meta = dict(self.metadata, layers=keep, widths={k: self.metadata["widths"][k] for k in keep})
+        pick = lambda d: {k: d[k] for k in keep if k in d}  # noqa: E731
+        return DirectionSet(pick(self.vectors), meta, pick(self.witness_mean), pick(self.reference_mean))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "vectors": {k: v.detach().cpu().float() for k, v in self.vectors.items()},
+            "witness_mean": {k: v.detach().cpu().float() for k, v in self.witness_mean.items()},
+            "reference_mean": {k: v.detach().cpu().float() for k, v in self.reference_mean.items()},
+            "metadata": self.metadata,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (a partial file never replaces a valid one)."""
+        return atomic_torch_save(self.to_dict(), path)
+
+
+def direction_from_reps(rep_witness: Tensor, rep_reference: Tensor, method: str, layer: str = "") -> Tensor:
+    """Unit direction from paired pooled representations ``[B, W]`` (see module docstring)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown direction method {method!r}; valid methods are: {', '.join(METHODS)}")
+    if rep_witness.shape != rep_reference.shape:
+        raise ConfigError(
+            f"witness and reference representations differ in shape at {layer}: "
+            f"{tuple(rep_witness.shape)} vs {tuple(rep_reference.shape)}"
+        )
+    diffs = (rep_witness - rep_reference).double()  # [B, W]
+    mean_diff = diffs.mean(dim=0)
+    if method == "diff_means":
+        vec = mean_diff
+    else:
+        _, _, vh = torch.linalg.svd(diffs, full_matrices=False)
+        vec = vh[0]
+        if torch.dot(vec, mean_diff) < 0:
+            vec = -vec
+    norm = vec.norm()
+    if not torch.isfinite(norm) or norm < 1e-12:
+        raise ConfigError(
+            f"witness and reference give the same representations at layer {layer or '?'}: "
+            "no direction can be extracted (are the two checkpoints the same?)"
+        )
+    return (vec / norm).float()
+
+
+def _as_probe(probe_batch: Any) -> ProbeSet:
+    return probe_batch if isinstance(probe_batch, ProbeSet) else ProbeSet(probe_batch)
+
+
+def _metadata(
+    module: TestbedModule,
+    probe: ProbeSet,
+    vectors: Mapping[str, Tensor],
+    pooling: str,
+    method: str,
+    kind: str,
+    witness: str | None = None,
+    reference: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "layers": list(vectors),
+        "widths": {k: int(v.numel()) for k, v in vectors.items()},
+        "pooling": pooling,
+        "probe_fingerprint": probe.fingerprint,
+        "probe_size": probe.size,
+        "method": method,
+        "kind": kind,
+        "model_class": model_class_name(module),
+        "witness": witness,
+        "reference": reference,
+        **extra,
+    }
+
+
+def extract_direction(
+    module_witness: TestbedModule,
+    module_reference: TestbedModule,
+    probe_batch: Any,
+    layers: Sequence[str],
+    method: str = "diff_means",
+    pooling: Pooling = "mean",
+    *,
+    kind: str = "vrev",
+    witness: str | None = None,
+    reference: str | None = None,
+) -> DirectionSet:
+    """v_rev per layer from a witness model and a reference (aligned) model of one history.
+
+    Args:
+        module_witness: the model at the witness checkpoint (e.g. before alignment).
+        module_reference: the model at the reference checkpoint (aligned).
+        probe_batch: the probe inputs (a batch or a ``ProbeSet``).
+        layers: layer names.
+        method: ``"diff_means"`` or ``"pca"``.
+        pooling: ``"mean"`` or ``"last"``.
+        kind: recorded in the metadata (``"vrev"`` or ``"shuffled_history"`` for an unrelated pair).
+        witness: source checkpoint path recorded in the metadata.
+        reference: source checkpoint path recorded in the metadata.
+    """
+    if type(module_witness) is not type(module_reference):
+        raise ConfigError(
+            f"witness and reference are different model classes: {model_class_name(module_witness)} "
+            f"vs {model_class_name(module_reference)}"
+        )
+    rep_w = _as_probe(probe_batch).read(module_witness, layers, pooling)
+    rep_r = _as_probe(probe_batch).read(module_reference, layers, pooling)
+    return _assemble(module_reference, _as_probe(probe_batch), rep_w, rep_r, method, pooling, kind, witness, reference)
+
+
+def _assemble(
+    module: TestbedModule,
+    probe: ProbeSet,
+    rep_w: dict[str, Tensor],
+    rep_r: dict[str, Tensor],
+    method: str,
+    pooling: str,
+    kind: str,
+    witness: str | None,
+    reference: str | None,
+) -> DirectionSet:
+    if kind not in ("vrev", "shuffled_history"):
+        raise ConfigError(f"kind {kind!r} cannot be extracted from checkpoints; use 'vrev' or 'shuffled_history'")
+    vectors = {k: direction_from_reps(rep_w[k].cpu(), rep_r[k].cpu(), method, k) for k in rep_w}
+    meta = _metadata(module, probe, vectors, pooling, method, kind, witness, reference)
+    return DirectionSet(
+        vectors, meta, {k: v.mean(0).cpu() for k, v in rep_w.items()}, {k: v.mean(0).cpu() for k, v in rep_r.items()}
+    )
+
+
+def random_directions(
+    module: TestbedModule, probe_batch: Any, layers: Sequence[str], pooling: Pooling = "mean", seed: int = 0
+) -> DirectionSet:
+    """Seeded Gaussian unit directions of the right width per layer (the random-direction control)."""
+    probe = _as_probe(probe_batch)
+    means = {k: v.mean(0).cpu() for k, v in probe.read(module, layers, pooling).items()}
+    gen = torch.Generator().manual_seed(int(seed))
+    vectors = {}
+    for name in layers:
+        vec = torch.randn(means[name].numel(), generator=gen, dtype=torch.float64)
+        vectors[name] = (vec / vec.norm()).float()
+    meta = _metadata(module, probe, vectors, pooling, "random", "random", seed=int(seed))
+    return DirectionSet(vectors, meta, {}, means)
+
+
+def load_direction(
+    path: str | Path,
+    module: TestbedModule | None = None,
+    probe: ProbeSet | Any = None,
+    layers: Sequence[str] | None = None,
+    allow_other_probe: bool = False,
+) -> DirectionSet:
+    """Load a direction file and check it against the model and probe set in hand.
+
+    Args:
+        path: file written by ``DirectionSet.save``.
+        module: the model it will be used with: its class and layer names must match.
+        probe: the probe set in use: its fingerprint must match, and the widths are checked on it.
+        layers: keep only these layers (each must be in the file).
+        allow_other_probe: accept a different probe fingerprint (e.g. a direction applied to new prompts).
+
+    Raises:
+        CheckpointError: not a direction file (or unreadable/unsafe).
+        ConfigError: the file does not fit the model or probe set (class, layer, width, fingerprint).
+    """
+    raw = load_torch_file(path, what="direction file")
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a testbed direction file (expected format {FORMAT!r})")
+    try:
+        ds = DirectionSet(
+            dict(raw["vectors"]), dict(raw["metadata"]), dict(raw["witness_mean"]), dict(raw["reference_mean"])
+        )
+        ds.metadata["widths"], ds.metadata["pooling"]  # noqa: B018 - presence check
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is a damaged direction file (missing {exc})") from None
+    ds.metadata["path"] = str(path)
+    ds = ds.select(layers)
+    if module is not None:
+        check_direction(ds, module, probe, allow_other_probe=allow_other_probe, source=str(path))
+    return ds
+
+
+def check_direction(
+    ds: DirectionSet,
+    module: TestbedModule,
+    probe: ProbeSet | Any = None,
+    allow_other_probe: bool = False,
+    source: str = "direction",
+) -> None:
+    """Raise a ``ConfigError`` when ``ds`` does not fit ``module`` (and ``probe``, if given)."""
+    want = ds.metadata.get("model_class")
+    have = model_class_name(module)
+    if want != have:
+        raise ConfigError(f"{source} was computed for model class {want}, not {have}")
+    valid = module.layer_names()
+    unknown = [k for k in ds.layers if k not in valid]
+    if unknown:
+        raise ConfigError(
+            f"{source} names layer(s) {unknown} that this model does not have; valid layers are: {', '.join(valid)}"
+        )
+    if probe is None:
+        return
+    probe = _as_probe(probe)
+    if probe.fingerprint != ds.metadata.get("probe_fingerprint") and not allow_other_probe:
+        raise ConfigError(
+            f"{source} was computed on a different probe set (fingerprint "
+            f"{str(ds.metadata.get('probe_fingerprint'))[:12]}…, this data gives {probe.fingerprint[:12]}…)"
+        )
+    reps = probe.read(module, ds.layers, ds.pooling, batch=_first_row(probe))
+    for name, rep in reps.items():
+        if rep.shape[-1] != ds.width(name):
+            raise ConfigError(
+                f"{source} has width {ds.width(name)} at {name}, but the model's representation "
+                f"there has width {rep.shape[-1]}"
+            )
+
+
+def _first_row(probe: ProbeSet) -> Any:
+    from testbed.probes import map_batch
+
+    return map_batch(probe.batch, lambda t: t[:1] if t.dim() > 0 else t)
+
+
+# ---- from checkpoints (used by the study runner and `python -m testbed vrev`) -------------------------------------
+def build_from_config(config_path: str | Path, seed: int = 0) -> tuple[TestbedModule, Any]:
+    """Instantiate the model and datamodule of a fit config (no trainer run, no logger, no callbacks)."""
+    from testbed.cli import TestbedCLI
+
+    if not Path(config_path).is_file():
+        raise ConfigError(f"config not found: {config_path}")
+    args = [
+        "--config",
+        str(config_path),
+        f"--seed_everything={int(seed)}",
+        "--trainer.logger=false",
+        "--trainer.callbacks=null",
+        "--trainer.enable_checkpointing=false",
+    ]
+    cli = TestbedCLI(args=args, run=False)
+    module, datamodule = cli.model, cli.datamodule
+    module.configure_model()
+    if hasattr(datamodule, "prepare_data"):
+        datamodule.prepare_data()
+    datamodule.setup("fit")
+    return module, datamodule
+
+
+def load_weights(module: TestbedModule, ckpt: str | Path) -> None:
+    """Load a checkpoint's weights into ``module`` (strict); a mismatch is a clear ``CheckpointError``."""
+    state = load_state_dict(ckpt)
+    try:
+        with torch.no_grad():
+            module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 else lines[0]  # lines[0] is only "Error(s) in loading state_dict ..."
+        raise CheckpointError(f"{ckpt} does not fit {type(module).__name__}: {first}") from None
+
+
+def compute_vrev_from_checkpoints(
+    config_path: str,
+    witness_ckpt: str,
+    reference_ckpt: str,
+    layers: list[str],
+    out: str,
+    method: str = "diff_means",
+    pooling: str = "mean",
+    seed: int = 0,
+    kind: str = "vrev",
+) -> Path:
+    """Build the model and probe set from ``config_path``, read both checkpoints, save the direction atomically.
+
+    Returns:
+        The path written.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown direction method {method!r}; valid methods are: {', '.join(METHODS)}")
+    check_pooling(pooling)
+    module, datamodule = build_from_config(config_path, seed)
+    probe = ProbeSet.from_datamodule(datamodule)
+    layers = module.check_layers(layers)
+    load_weights(module, witness_ckpt)
+    rep_w = probe.read(module, layers, pooling)
+    load_weights(module, reference_ckpt)  # one instance: weights are swapped in place, no second copy in memory
+    rep_r = probe.read(module, layers, pooling)
+    ds = _assemble(
+        module,
+        probe,
+        rep_w,
+        rep_r,
+        method,
+        pooling,
+        kind,
+        str(Path(witness_ckpt).resolve()),
+        str(Path(reference_ckpt).resolve()),
+    )
+    return ds.save(out)
+
+
+def vrev_command(
+    *,
+    config_path: str,
+    witness_ckpt: str,
+    reference_ckpt: str,
+    layers: list[str],
+    out: str,
+    method: Literal["diff_means", "pca"] = "diff_means",
+    pooling: Literal["mean", "last"] = "mean",
+    seed: int = 0,
+    kind: Literal["vrev", "shuffled_history"] = "vrev",
+) -> str:
+    """Compute v_rev between two checkpoints of one history and save it with metadata (written atomically).
+
+    Example: ``python -m testbed vrev --config_path align.yaml --witness_ckpt pre.ckpt --reference_ckpt aligned.ckpt
+    --layers '[blocks.1.hidden]' --out vrev.pt`` (``--config`` takes a YAML file of these same arguments).
+
+    Args:
+        config_path: a fit config of the history (its model and data define the model class and the probe set).
+        witness_ckpt: checkpoint of the dominant phase (e.g. the pre-alignment checkpoint).
+        reference_ckpt: checkpoint of the aligned model.
+        layers: layer names, e.g. blocks.1.hidden.
+        out: output file.
+        method: diff_means (normalised difference of means) or pca (top principal direction of paired differences).
+        pooling: mean over tokens or last token.
+        seed: seed for building the model and data.
+        kind: vrev, or shuffled_history when the two checkpoints are an unrelated pair (a control).
+    """
+    path = compute_vrev_from_checkpoints(
+        config_path, witness_ckpt, reference_ckpt, list(layers), out, method, pooling, seed, kind
+    )
+    print(f"wrote {path}")
+    return str(path)
+
+
+__all__ = [
+    "DirectionSet",
+    "extract_direction",
+    "direction_from_reps",
+    "random_directions",
+    "load_direction",
+    "check_direction",
+    "compute_vrev_from_checkpoints",
+    "vrev_command",
+    "build_from_config",
+    "load_weights",
+]

@@ -1,0 +1,172 @@
+"""Reversion metrics as ``torchmetrics.Metric``s, with states that reduce across processes (sums and counts).
+
+Drift alignment at one layer, for probe representations r(x) of the model now, the reference mean
+representation m_ref (the aligned model's) and the unit direction v (v_rev):
+
+    drift = mean_x r(x) - m_ref,   along = <drift, v>,   cos = along / ||drift||,   orth = ||drift - along v||.
+
+cos > 0 means the model drifts back toward the witness. Under DDP each rank updates with its shard of the probe
+batch; the synced sums and counts give the same mean (to float round-off) as one process reading everything.
+
+Null exceedance: under the isotropic null a drift direction is uniform on the sphere S^{W-1}, so cos has the
+exact law of ``theory.null`` for the layer width W; a run-step exceeds p99 when cos > the 0.99 quantile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from testbed.errors import ConfigError
+from testbed.probes import probe_mode
+
+NULL_LEVELS = (0.99, 0.999)
+
+
+def level_name(p: float) -> str:
+    """``0.99 -> "p99"``, ``0.999 -> "p999"`` (tag-safe, no dots)."""
+    return "p" + f"{p * 100:g}".replace(".", "")
+
+
+class DriftAlignment(Metric):
+    """cos(mean representation now - reference mean, v), the component along v and the orthogonal drift norm.
+
+    Args:
+        direction: unit vector v ``[W]``.
+        reference_mean: reference mean representation ``[W]``.
+    """
+
+    full_state_update = False
+    higher_is_better = None
+
+    def __init__(self, direction: Tensor, reference_mean: Tensor, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if direction.shape != reference_mean.shape or direction.dim() != 1:
+            raise ConfigError(
+                f"direction {tuple(direction.shape)} and reference mean {tuple(reference_mean.shape)} "
+                "must be vectors of the same width"
+            )
+        self.register_buffer("direction", direction.detach().double() / direction.detach().double().norm())
+        self.register_buffer("reference_mean", reference_mean.detach().double())
+        width = direction.numel()
+        self.add_state("rep_sum", default=torch.zeros(width, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, reps: Tensor) -> None:
+        """Add pooled representations ``[B, W]`` (B may be 0 for an empty shard)."""
+        if reps.dim() != 2 or reps.shape[1] != self.direction.numel():
+            raise ConfigError(f"representations of shape {tuple(reps.shape)} do not fit width {self.direction.numel()}")
+        self.rep_sum += reps.detach().double().sum(dim=0).to(self.rep_sum.device)
+        self.count += reps.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        if self.count <= 0:
+            raise ConfigError("drift alignment computed before any probe representations were added")
+        drift = self.rep_sum / self.count - self.reference_mean
+        along = torch.dot(drift, self.direction)
+        norm = drift.norm()
+        cos = along / norm if norm > 0 else torch.zeros((), dtype=torch.float64, device=norm.device)
+        orth = (drift - along * self.direction).norm()
+        return {"cos": cos, "along": along, "orth_norm": orth, "drift_norm": norm}
+
+
+class NullExceedance(Metric):
+    """Fraction (and count) of measured run-steps whose cos exceeds the isotropic null's p99 / p99.9.
+
+    Args:
+        width: representation width W (the sphere's dimension).
+        levels: null quantiles, default (0.99, 0.999).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, width: int, levels: Sequence[float] = NULL_LEVELS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        from theory.null import cosine_null_threshold
+
+        self.levels = tuple(float(p) for p in levels)
+        self.register_buffer(
+            "thresholds", torch.tensor([cosine_null_threshold(int(width), p) for p in self.levels], dtype=torch.float64)
+        )
+        self.add_state("exceed", default=torch.zeros(len(self.levels), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def threshold(self, p: float) -> float:
+        return float(self.thresholds[self.levels.index(float(p))])
+
+    def indicators(self, cos: Tensor | float) -> Tensor:
+        """0/1 per level for one cos value (no state change)."""
+        value = torch.as_tensor(cos, dtype=torch.float64, device=self.thresholds.device)
+        return (value > self.thresholds).double()
+
+    def update(self, cos: Tensor | float) -> None:
+        """Add one or more run-step cos values."""
+        values = torch.as_tensor(cos, dtype=torch.float64, device=self.thresholds.device).reshape(-1, 1)
+        self.exceed += (values > self.thresholds).double().sum(dim=0)
+        self.total += values.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        total = self.total.clamp_min(1)
+        out = {f"exceed_frac_{level_name(p)}": self.exceed[i] / total for i, p in enumerate(self.levels)}
+        out.update({f"exceed_count_{level_name(p)}": self.exceed[i] for i, p in enumerate(self.levels)})
+        out["steps"] = self.total
+        return out
+
+
+class TaskMetrics(Metric):
+    """Mean task loss and accuracy over whatever the module supplies (sums and counts, so DDP-exact).
+
+    ``update(loss, correct=None, count=1)``: ``loss`` is a mean over ``count`` examples; ``correct`` the number right.
+    """
+
+    full_state_update = False
+    higher_is_better = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("loss_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("correct", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("graded", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, loss: Tensor | float, correct: Tensor | float | None = None, count: int = 1) -> None:
+        self.loss_sum += float(loss) * count
+        self.count += count
+        if correct is not None:
+            self.correct += float(correct)
+            self.graded += count
+
+    def compute(self) -> dict[str, Tensor]:
+        out = {"loss": self.loss_sum / self.count.clamp_min(1)}
+        if self.graded > 0:
+            out["accuracy"] = self.correct / self.graded
+        return out
+
+
+HarmfulnessHook = Callable[[Any], "Mapping[str, float] | float"]
+"""A judge: ``hook(module) -> harmfulness`` (a float in [0, 1]) or a dict of named values (e.g. with a CI)."""
+
+
+def evaluate_hook(hook: HarmfulnessHook, module: Any, name: str = "harmfulness") -> dict[str, float]:
+    """Run a harmfulness judge side-effect free (eval mode, isolated RNG, no grad) and return named floats."""
+    with probe_mode(module, grad=False):
+        value = hook(module)
+    if isinstance(value, Mapping):
+        return {str(k): float(v) for k, v in value.items()}
+    return {name: float(value)}
+
+
+__all__ = [
+    "DriftAlignment",
+    "NullExceedance",
+    "TaskMetrics",
+    "HarmfulnessHook",
+    "evaluate_hook",
+    "level_name",
+    "NULL_LEVELS",
+]

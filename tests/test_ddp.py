@@ -1,0 +1,224 @@
+"""The reversion layer under DDP: two CPU processes (gloo) give the numbers of one process with the same global batch.
+
+The tiny gravity fine-tune uses the whole training set as one global batch (32 examples): one process sees all 32,
+each of two DDP processes sees 16, and DDP averages the gradients, so the runs must agree up to float round-off.
+Every intervention runs in the same fit (monitor, update projection, gradient projection, representation penalty,
+activation clamp, L2 anchor), so a rank-local computation anywhere shows up as a difference. The monitor shards the
+probe batch across ranks and reduces the sums: both ranks must report the single-process drift statistics.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from _reliability_gravity import finetune_config, run_testbed, write_direction
+
+ALL_INTERVENTIONS = ["GradientProjectionBlocker", "RepresentationPenalty", "ActivationClamp", "L2Anchor"]
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _extra(direction: Path, out: Path) -> list[dict]:
+    d = str(direction)
+    return [
+        {"class_path": "testbed.interventions.GradientProjectionBlocker", "init_args": {"direction_path": d}},
+        {"class_path": "testbed.interventions.RepresentationPenalty",
+         "init_args": {"direction_path": d, "strength": 5.0}},
+        {"class_path": "testbed.interventions.ActivationClamp", "init_args": {"direction_path": d, "mode": "each"}},
+        {"class_path": "testbed.interventions.L2Anchor", "init_args": {"strength": 0.5}},
+        {"class_path": "_reliability_callbacks.DumpState", "init_args": {"out": str(out)}},
+    ]
+
+
+def _close(a, b, where: str) -> None:
+    if isinstance(a, dict):
+        assert set(a) == set(b), f"{where}: {sorted(a)} != {sorted(b)}"
+        for key in a:
+            _close(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), f"{where}: {len(a)} != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-5), where
+    else:
+        assert a == b, where
+
+
+def test_blocked_finetune_two_processes_match_one(tmp_path: Path, run_cli, one_thread) -> None:
+    direction = write_direction(tmp_path / "vrev.pt")
+    single = finetune_config(tmp_path / "single.yaml", direction, max_steps=6, data={"n_train": 32, "batch_size": 32},
+                             callbacks=_extra(direction, tmp_path / "single"))
+    assert run_cli(["fit", "--config", str(single)]) == 0
+
+    ddp = finetune_config(tmp_path / "ddp.yaml", direction, max_steps=6, data={"n_train": 32, "batch_size": 16},
+                          callbacks=_extra(direction, tmp_path / "ddp"),
+                          trainer={"devices": 2, "strategy": "ddp"})
+    result = run_testbed(["fit", "--config", str(ddp)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    one = json.loads((tmp_path / "single" / "rank0.json").read_text())
+    ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert one["world_size"] == 1 and [r["world_size"] for r in ranks] == [2, 2]
+
+    assert max(abs(x) for x in one["callbacks"]["UpdateProjectionBlocker"]["basis"]) > 0  # a real Jacobian basis
+    history = one["callbacks"]["ReversionMonitor"]["history"]
+    assert [int(r["step"]) for r in history] == [1, 2, 4, 6]
+    assert all(abs(r["reversion/cos_drift_vrev/blocks.1.hidden"]) > 1e-4 for r in history)
+
+    for rank, got in enumerate(ranks):
+        _close(one["params"], got["params"], f"rank{rank}.params")
+        for name in ["UpdateProjectionBlocker", *ALL_INTERVENTIONS[:-1], "L2Anchor"]:
+            if name in one["callbacks"]:
+                _close(one["callbacks"][name], got["callbacks"][name], f"rank{rank}.{name}")
+        # drift statistics are reduced across processes: each rank reports the single-process values
+        drift = [{k: v for k, v in r.items() if k.startswith("reversion/")} for r in history]
+        got_drift = [{k: v for k, v in r.items() if k.startswith("reversion/")}
+                     for r in got["callbacks"]["ReversionMonitor"]["history"]]
+        _close(drift, got_drift, f"rank{rank}.ReversionMonitor.history")
+
+
+# ---- which intervention runs under which strategy (checked before fit) -------------------------------------------
+def _strategy(family: str):
+    from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
+
+    if family == "deepspeed":  # not installed here: classify an uninitialised instance
+        return object.__new__(DeepSpeedStrategy)
+    return {"single": lambda: SingleDeviceStrategy("cpu"), "ddp": DDPStrategy, "fsdp": FSDPStrategy}[family]()
+
+
+def _callbacks() -> dict[str, object]:
+    from testbed.interventions import (
+        ActivationClamp,
+        GradientProjectionBlocker,
+        L2Anchor,
+        RepresentationPenalty,
+        ReversionMonitor,
+        UpdateProjectionBlocker,
+    )
+
+    return {
+        "monitor": ReversionMonitor("v.pt"),
+        "update": UpdateProjectionBlocker("v.pt"),
+        "update_random": UpdateProjectionBlocker("v.pt", random_direction=True),
+        "gradient": GradientProjectionBlocker("v.pt"),
+        "penalty": RepresentationPenalty("v.pt"),
+        "clamp_each": ActivationClamp("v.pt", mode="each"),
+        "clamp_shift": ActivationClamp("v.pt", mode="shift"),
+        "anchor": L2Anchor(),
+    }
+
+
+ALLOWED = {  # the documented table (testbed/strategies.py)
+    "single": {"monitor", "update", "update_random", "gradient", "penalty", "clamp_each", "clamp_shift", "anchor"},
+    "ddp": {"monitor", "update", "update_random", "gradient", "penalty", "clamp_each", "anchor"},
+    "fsdp": {"monitor", "clamp_each"},
+    "deepspeed": {"monitor", "clamp_each"},
+}
+
+
+@pytest.mark.parametrize("family", sorted(ALLOWED))
+def test_strategy_support_table(family: str) -> None:
+    from types import SimpleNamespace
+
+    from testbed.errors import ConfigError
+    from testbed.guards import NonFiniteGuard
+    from testbed.strategies import check_strategy, strategy_family
+
+    strategy = _strategy(family)
+    assert strategy_family(strategy) == family
+    for name, callback in _callbacks().items():
+        trainer = SimpleNamespace(strategy=strategy, callbacks=[NonFiniteGuard(), callback])
+        if name in ALLOWED[family]:
+            check_strategy(trainer)
+        else:
+            with pytest.raises(ConfigError, match=rf"{type(callback).__name__}.*supported: single"):
+                check_strategy(trainer)
+
+
+@pytest.mark.slow
+def test_nan_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
+    """The guard's decision is reduced across processes: a NaN on rank 1 stops both ranks at the same step."""
+    import yaml
+
+    config = {
+        "seed_everything": 0,
+        "model": {"class_path": "_reliability_models.TinyRegressor",
+                  "init_args": {"poison_loss_at_step": 3, "poison_rank": 1}},
+        "data": {"class_path": "_reliability_models.TinyData"},
+        "trainer": {"max_steps": 8, "accelerator": "cpu", "devices": 2, "strategy": "ddp", "logger": False,
+                    "enable_checkpointing": False, "enable_progress_bar": False, "limit_val_batches": 0},
+    }
+    (tmp_path / "nan.yaml").write_text(yaml.safe_dump(config))
+    result = run_testbed(["fit", "--config", str(tmp_path / "nan.yaml")], cwd=tmp_path, timeout=180)
+    assert result.returncode != 0
+    assert "non-finite training loss at step 3: loss = nan" in result.stderr
+
+
+@pytest.mark.slow
+def test_lora_causal_lm_two_processes_match_one(tmp_path: Path, run_cli, one_thread) -> None:
+    """The same check on the LLM path: a tiny GPT-2 with LoRA, JSONL data, monitor + update projection."""
+    import yaml
+
+    from testbed.directions import random_directions
+    from testbed.llm import CausalLMModule
+    from testbed.llm.data import JsonlDataModule
+
+    # equal-length examples, so every rank's token-mean loss averages to the global token mean
+    (tmp_path / "train.jsonl").write_text("".join(
+        json.dumps({"prompt": f"list item {i}", "response": f"ok {i}"}) + "\n" for i in range(8)))
+    (tmp_path / "harm.jsonl").write_text("".join(json.dumps({"prompt": f"list {i} item"}) + "\n" for i in range(6)))
+    model_args = {"model": "gpt2", "model_config": {"n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 48},
+                  "lora": {"r": 2}, "lr": 0.01}
+    data_args = {"train_path": str(tmp_path / "train.jsonl"), "harmful_path": str(tmp_path / "harm.jsonl"),
+                 "max_length": 32, "probe_size": 6}
+    layer = "blocks.1.resid_post"
+    data = JsonlDataModule(**data_args)
+    random_directions(CausalLMModule(**model_args), data.probe_batch(), [layer]).save(tmp_path / "v.pt")
+
+    def config(name: str, batch_size: int, **trainer) -> Path:
+        d = str(tmp_path / "v.pt")
+        cfg = {
+            "seed_everything": 3,
+            "model": {"class_path": "testbed.llm.CausalLMModule", "init_args": model_args},
+            "data": {"class_path": "testbed.llm.data.JsonlDataModule",
+                     "init_args": {**data_args, "batch_size": batch_size}},
+            "trainer": {"max_steps": 4, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
+                        "enable_progress_bar": False, "limit_val_batches": 0, "num_sanity_val_steps": 0,
+                        "callbacks": [
+                            {"class_path": "testbed.interventions.ReversionMonitor",
+                             "init_args": {"direction_path": d, "every_n_steps": 2}},
+                            {"class_path": "testbed.interventions.UpdateProjectionBlocker",
+                             "init_args": {"direction_path": d}},
+                            {"class_path": "_reliability_callbacks.DumpState",
+                             "init_args": {"out": str(tmp_path / name)}}],
+                        **trainer},
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return path
+
+    assert run_cli(["fit", "--config", str(config("single", 8))]) == 0
+    result = run_testbed(["fit", "--config", str(config("ddp", 4, devices=2, strategy="ddp"))], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = json.loads((tmp_path / "single" / "rank0.json").read_text())
+    history = one["callbacks"]["ReversionMonitor"]["history"]
+    assert [int(r["step"]) for r in history] == [1, 2, 4]
+    for rank in (0, 1):
+        got = json.loads((tmp_path / "ddp" / f"rank{rank}.json").read_text())
+        _close(one["params"], got["params"], f"rank{rank}.params")
+        _close(one["callbacks"]["UpdateProjectionBlocker"], got["callbacks"]["UpdateProjectionBlocker"],
+               f"rank{rank}.UpdateProjectionBlocker")
+        drift = [{k: v for k, v in r.items() if k.startswith("reversion/")} for r in history]
+        got_drift = [{k: v for k, v in r.items() if k.startswith("reversion/")}
+                     for r in got["callbacks"]["ReversionMonitor"]["history"]]
+        _close(drift, got_drift, f"rank{rank}.ReversionMonitor.history")

@@ -1,0 +1,124 @@
+"""The gravity toy: its world, its phases through the CLI and the study runner, and (slow) the effect itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from testbed.errors import ConfigError
+from toy_models.gravity import GravityData, GravityMLP, GravityWorld
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "experiments/toy/gravity/study.yaml"
+
+
+def test_world_phases_have_the_intended_labels() -> None:
+    world = GravityWorld()
+    x, y, harmful = world.sample(2000, "align", 0.5, seed=0)
+    assert 0.4 < harmful.float().mean() < 0.6
+    assert (y[harmful] == world.num_classes).all() and (y[~harmful] < world.num_classes).all()
+    _, y_pre, harmful_pre = world.sample(500, "pretrain", 0.5, seed=0)
+    assert harmful_pre.any() and (y_pre < world.num_classes).all()  # pre-training complies with everything
+    x_ft, y_ft, harmful_ft = world.sample(500, "finetune", 0.5, seed=0)
+    assert not harmful_ft.any() and (y_ft < world.num_classes).all()  # benign only, no refusals
+    assert (x_ft @ world.harm_dir).abs().max() < 1e-4  # no harm feature at all in the fine-tune data
+    probe = world.harmful_probe(100, seed=3)
+    assert (probe @ world.harm_dir).mean() > 2.0
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ConfigError, match="phase must be"):
+        GravityData(phase="deploy")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="n_train must be a positive integer"):
+        GravityData(n_train=0)
+    with pytest.raises(ConfigError, match="finetune_task"):
+        GravityWorld(finetune_task="other")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown layer"):
+        GravityMLP().layer_module("blocks.5.hidden")
+
+
+def _tiny_study(tmp_path: Path, seeds: list[int], steps: dict[str, int], arms: list[str]) -> Path:
+    study = yaml.safe_load(STUDY.read_text())
+    study["arms"] = {name: study["arms"][name] for name in arms}
+    for phase in study["phases"]:
+        phase["config"] = str(STUDY.parent / phase["config"])
+        phase["overrides"] = {"trainer.max_steps": steps[phase["name"]]}
+    study["final"]["config"] = str(STUDY.parent / study["final"]["config"])
+    study["final"]["overrides"] = {"trainer.max_steps": steps["finetune"]}
+    study["seeds"] = seeds
+    study["runs_dir"] = str(tmp_path / "runs")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+@pytest.mark.slow  # about 15 s alone, 30+ s on a loaded 2-core machine
+def test_study_arms_log_reversion_tags(tmp_path: Path, run_cli) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    study = _tiny_study(tmp_path, [0], {"pretrain": 20, "align": 5, "finetune": 4}, ["plain", "blocked"])
+    assert run_cli(["study", "--config", str(study), "--quiet", "true"]) == 0
+    root = tmp_path / "runs" / "gravity_toy"
+    assert (root / "_shared" / "_directions" / "seed=0" / "vrev.pt").is_file()
+    for arm in ("plain", "blocked"):
+        tags = EventAccumulator(str(root / arm / "seed=0")).Reload().Tags()["scalars"]
+        assert "reversion/cos_drift_vrev/blocks.1.hidden" in tags, arm
+        assert "reversion/exceeds_null_p99/blocks.1.hidden" in tags, arm
+    blocked = EventAccumulator(str(root / "blocked" / "seed=0")).Reload()
+    along = [e.value for e in blocked.Scalars("reversion/drift_along/blocks.1.hidden")]
+    assert max(abs(a) for a in along) < 1e-3  # update projection holds the component (second order only)
+    assert "intervention/update_removed_norm" in blocked.Tags()["scalars"]
+
+
+@pytest.mark.slow
+def test_gravitational_effect_one_seed(tmp_path: Path) -> None:
+    """The full history for one seed: plain fine-tuning drifts along v_rev above the null, blocking stops it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import experiments.toy.gravity.run as gravity_run
+    from testbed.__main__ import main
+
+    main(["study", "--config", str(STUDY), "--runs_dir", str(tmp_path / "runs"), "--seeds", "[1]", "--quiet", "true"])
+    root = tmp_path / "runs" / "gravity_toy"
+
+    def cos(arm: str) -> dict[int, float]:
+        acc = EventAccumulator(str(root / arm / "seed=1")).Reload()
+        return {e.step: e.value for e in acc.Scalars("reversion/cos_drift_vrev/blocks.1.hidden")}
+
+    plain, blocked, control = cos("plain"), cos("blocked"), cos("random-control")
+    from theory.null import cosine_null_threshold
+
+    thr = cosine_null_threshold(64, 0.99)
+    assert min(plain.values()) > thr and plain[20] > plain[1] * 0.9
+    assert abs(blocked[max(blocked)]) < 0.05
+    assert control[max(control)] > thr
+    assert torch.isfinite(torch.tensor(list(plain.values()))).all()
+    gravity_run.summarize(root, [1])
+
+
+def test_every_arm_of_the_study_validates(tmp_path: Path, run_cli) -> None:
+    """A dry run resolves and type-checks every run config (all six arms' callbacks) without training."""
+    assert (
+        run_cli(
+            [
+                "study",
+                "--config",
+                str(STUDY),
+                "--runs_dir",
+                str(tmp_path / "runs"),
+                "--dry_run",
+                "true",
+                "--quiet",
+                "true",
+            ]
+        )
+        == 0
+    )
+    configs = sorted((tmp_path / "runs" / "gravity_toy").glob("*/seed=*/run_config.yaml"))
+    assert {p.parts[-3] for p in configs} == {"plain", "blocked", "penalty", "clamp", "random-control", "l2-anchor"}
+    control = yaml.safe_load((tmp_path / "runs/gravity_toy/random-control/seed=2/run_config.yaml").read_text())
+    blocker = control["trainer"]["callbacks"][-1]["init_args"]
+    assert blocker["random_direction"] is True and blocker["random_seed"] == 2

@@ -1,0 +1,338 @@
+"""Interventions: update projection vs gradient projection, clamping, penalty, anchor, controls, monitor, LoRA."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from testbed import protocol
+from testbed.directions import extract_direction, random_directions
+from testbed.errors import ConfigError
+from testbed.interventions import (
+    ActivationClamp,
+    GradientProjectionBlocker,
+    L2Anchor,
+    RepresentationPenalty,
+    ReversionMonitor,
+    UpdateProjectionBlocker,
+)
+from testbed.probes import ProbeSet
+from toy_models.gravity import GravityData, GravityMLP
+
+LAYER = "blocks.1.hidden"
+
+
+def trainer(steps: int, callbacks: list[pl.Callback], logger: Any = False, **kwargs: Any) -> pl.Trainer:
+    return pl.Trainer(
+        max_steps=steps,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        deterministic=True,
+        **kwargs,
+    )
+
+
+def data(**kwargs: Any) -> GravityData:
+    return GravityData(phase="finetune", n_train=96, batch_size=32, probe_size=32, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[GravityMLP, Path]:
+    """A small 'aligned' model and a v_rev file; the stand-in witness is where plain fine-tuning takes the model
+    (so plain fine-tuning drifts along v_rev by construction, as in the gravity toy)."""
+    torch.manual_seed(0)
+    aligned = GravityMLP(hidden=16, lr=1e-2)
+    witness = copy.deepcopy(aligned)
+    pl.seed_everything(1)
+    trainer(20, []).fit(witness, data())
+    ds = extract_direction(witness, aligned, ProbeSet(data().probe_batch()), ["blocks.0.hidden", LAYER])
+    return aligned, ds.save(tmp_path_factory.mktemp("dirs") / "vrev.pt")
+
+
+class FirstOrderRecorder(pl.Callback):
+    """Independently of the blockers: J at the pre-step weights, then J·Δθ relative to |J||Δθ| per step."""
+
+    def __init__(self, path: Path, layers: list[str]) -> None:
+        from testbed.directions import load_direction
+
+        self.ds = load_direction(path)
+        self.layers = layers
+        self.ratios: list[float] = []
+
+    def _flat(self, module: protocol.TestbedModule) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for _, p in module.trainable_parameters()])
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
+        probe = ProbeSet(trainer.datamodule.probe_batch())
+        params = [p for _, p in module.trainable_parameters()]
+        means = probe.mean(module, self.layers, self.ds.pooling, grad=True)
+        self.jacobians = []
+        for layer in self.layers:
+            grads = torch.autograd.grad(
+                torch.dot(means[layer], self.ds.vectors[layer]), params, retain_graph=True, allow_unused=True
+            )
+            self.jacobians.append(
+                torch.cat(
+                    [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)]
+                )
+            )
+        self.before = self._flat(module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
+        delta = (self._flat(module) - self.before).double()
+        for jac in self.jacobians:
+            jac = jac.double()
+            self.ratios.append(float(jac @ delta / (jac.norm() * delta.norm())))
+
+
+def run_recorded(
+    history: tuple[GravityMLP, Path],
+    optimizer: str,
+    blocker: type | None,
+    layers: tuple[str, ...] = (LAYER,),
+    **kwargs: Any,
+) -> list[float]:
+    layers = list(layers)
+    aligned, path = history
+    model = copy.deepcopy(aligned)
+    model.hparams.optimizer = optimizer
+    model.hparams.lr = 0.05 if optimizer == "sgd" else 1e-2
+    recorder = FirstOrderRecorder(path, layers)
+    callbacks = [recorder] + ([blocker(str(path), layers=layers, **kwargs)] if blocker else [])
+    pl.seed_everything(0)
+    trainer(4, callbacks).fit(model, data())
+    return recorder.ratios
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_update_projection_leaves_no_first_order_change(history: Any, optimizer: str) -> None:
+    plain = run_recorded(history, optimizer, None)
+    blocked = run_recorded(history, optimizer, UpdateProjectionBlocker)
+    assert min(abs(r) for r in plain) > 1e-3, plain  # without blocking the update does move along v_rev
+    assert max(abs(r) for r in blocked) < 1e-6, blocked  # numerical zero (cos between J and Δθ)
+
+
+def test_update_projection_blocks_several_layers_at_once(history: Any) -> None:
+    ratios = run_recorded(history, "adamw", UpdateProjectionBlocker, layers=("blocks.0.hidden", LAYER))
+    assert max(abs(r) for r in ratios) < 1e-6, ratios
+
+
+def test_gradient_projection_blocks_sgd_but_not_adamw(history: Any) -> None:
+    sgd = run_recorded(history, "sgd", GradientProjectionBlocker)
+    adamw = run_recorded(history, "adamw", GradientProjectionBlocker)
+    assert max(abs(r) for r in sgd) < 1e-6, sgd
+    assert max(abs(r) for r in adamw) > 1e-2, adamw  # Adam's normalisation re-introduces the removed component
+
+
+def test_one_sided_projection_keeps_motion_away_from_the_witness(history: Any) -> None:
+    one_sided = run_recorded(history, "adamw", UpdateProjectionBlocker, one_sided=True)
+    assert max(one_sided) < 1e-6  # never toward the witness to first order
+    plain = run_recorded(history, "adamw", None)
+    for r_plain, r_one in zip(plain, one_sided, strict=True):
+        if r_plain < 0:
+            assert r_one < 0 or abs(r_one) < 1e-6
+
+
+def test_random_direction_control_does_not_block(history: Any) -> None:
+    plain = run_recorded(history, "adamw", None)
+    control = run_recorded(history, "adamw", UpdateProjectionBlocker, random_direction=True, random_seed=1)
+    assert min(abs(r) for r in control) > 0.3 * min(abs(r) for r in plain)
+
+
+def test_activation_clamp_holds_the_component(history: Any) -> None:
+    aligned, path = history
+    model = copy.deepcopy(aligned)
+    clamp = ActivationClamp(str(path), layers=[LAYER])
+    seen: list[tuple[float, float, float]] = []
+
+    class Check(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, idx: int) -> None:
+            v, target = clamp.vectors[LAYER], torch.dot(clamp.reference_mean[LAYER], clamp.vectors[LAYER])
+            probe = trainer.datamodule.probe_batch()
+            with torch.no_grad():
+                train_comp = module.representations(probe, [LAYER])[LAYER] @ v  # train mode: clamped
+                batch_comp = module.representations(batch[0], [LAYER])[LAYER] @ v
+            eval_comp = ProbeSet(probe).read(module, [LAYER])[LAYER] @ v  # eval mode: the weights' own stream
+            seen.append(
+                (
+                    float((train_comp - target).abs().max()),
+                    float((batch_comp - target).abs().max()),
+                    float((eval_comp - target).abs().max()),
+                )
+            )
+
+    trainer(4, [clamp, Check()]).fit(model, data())
+    assert all(a < 1e-5 and b < 1e-5 for a, b, _ in seen), seen
+    assert seen[-1][2] > 1e-3  # apply_in=train: outside training the stream is the model's own
+    assert not clamp._handles  # hooks removed at the end of training
+
+
+def test_penalty_and_anchor_reduce_drift(history: Any) -> None:
+    aligned, path = history
+    probe = ProbeSet(data().probe_batch())
+    ds_v = torch.load(path, weights_only=True)["vectors"][LAYER]
+    start = probe.mean(aligned, [LAYER])[LAYER]
+
+    def final(callbacks: list[pl.Callback]) -> tuple[float, float]:
+        model = copy.deepcopy(aligned)
+        pl.seed_everything(0)
+        trainer(12, callbacks).fit(model, data())
+        drift = probe.mean(model, [LAYER])[LAYER] - start
+        dist = sum(
+            float((p - q).detach().pow(2).sum()) for p, q in zip(model.parameters(), aligned.parameters(), strict=True)
+        )
+        return float(drift @ ds_v), dist**0.5
+
+    along_plain, dist_plain = final([])
+    along_pen, _ = final([RepresentationPenalty(str(path), strength=100.0, layers=[LAYER])])
+    _, dist_anchor = final([L2Anchor(strength=50.0)])
+    assert along_plain > 0.01  # the toy's fine-tune drifts toward the stand-in witness
+    assert along_pen < 0.5 * along_plain
+    assert dist_anchor < 0.8 * dist_plain
+
+
+def test_monitor_does_not_change_training(history: Any, tmp_path: Path) -> None:
+    aligned, path = history
+
+    def weights(callbacks: list[pl.Callback], logger: Any = False) -> list[torch.Tensor]:
+        model = copy.deepcopy(aligned)
+        pl.seed_everything(0)
+        trainer(7, callbacks, logger=logger, log_every_n_steps=50).fit(model, data())  # crosses epoch boundaries
+        return [p.detach().clone() for p in model.parameters()]
+
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    monitor = ReversionMonitor(str(path), every_n_steps=3)
+    with_monitor = weights([monitor], TensorBoardLogger(str(tmp_path), name="m", version="v"))
+    without = weights([])
+    assert all(torch.equal(a, b) for a, b in zip(with_monitor, without, strict=True))
+    assert [int(h["step"]) for h in monitor.history] == [1, 3, 6, 7]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "m" / "v")).Reload()
+    steps = [e.step for e in events.Scalars(f"reversion/cos_drift_vrev/{LAYER}")]
+    assert steps == [1, 3, 6, 7]  # logged at its own cadence, not at log_every_n_steps
+    assert f"reversion/exceeds_null_p99/{LAYER}" in events.Tags()["scalars"]
+    last = monitor.history[-1]
+    assert -1 <= last[f"reversion/cos_drift_vrev/{LAYER}"] <= 1
+    assert last[f"reversion/exceed_frac_p999/{LAYER}"] <= last[f"reversion/exceed_frac_p99/{LAYER}"]
+
+
+def test_monitor_with_harm_judge_and_task_keys(history: Any) -> None:
+    aligned, path = history
+    monitor = ReversionMonitor(
+        str(path), every_n_steps=2, harm_judge=lambda m: {"harmfulness": 0.5}, task_keys=["train/loss"]
+    )
+    trainer(2, [monitor]).fit(copy.deepcopy(aligned), data())
+    assert monitor.history[-1]["align/harmfulness"] == 0.5
+    assert "train/loss" in monitor.history[-1]
+
+
+def test_blocker_state_is_restored_not_recomputed(history: Any) -> None:
+    aligned, path = history
+    first = UpdateProjectionBlocker(str(path), every_n_steps=5)
+    trainer(2, [first]).fit(copy.deepcopy(aligned), data())
+    state = first.state_dict()
+    moved = copy.deepcopy(aligned)
+    with torch.no_grad():
+        moved.blocks[1][0].bias.add_(1.0)
+    second = UpdateProjectionBlocker(str(path), every_n_steps=5)
+    second.load_state_dict(state)
+    assert first.state_key == second.state_key
+    trainer(3, [second]).fit(moved, data())
+    # the reference means come from the saved state, not from the (moved) model at the start of the resumed run
+    assert torch.equal(second.reference_mean[LAYER], state["reference_mean"][LAYER])
+    assert state["jacobians"].shape[0] == 2 and state["basis"].shape == state["jacobians"].shape
+
+
+def test_bad_blocker_settings_are_refused(history: Any, tmp_path: Path) -> None:
+    aligned, path = history
+    with pytest.raises(ConfigError, match="strength must be > 0"):
+        RepresentationPenalty(str(path), strength=0.0)
+    with pytest.raises(ConfigError, match="every_n_steps"):
+        UpdateProjectionBlocker(str(path), every_n_steps=0)
+    with pytest.raises(ConfigError, match=r"no layer\(s\) \['blocks.9.hidden'\]"):
+        trainer(1, [UpdateProjectionBlocker(str(path), layers=["blocks.9.hidden"])]).fit(copy.deepcopy(aligned), data())
+    wide = GravityMLP(hidden=24)
+    with pytest.raises(ConfigError, match="width 16 at blocks.0.hidden"):
+        trainer(1, [ReversionMonitor(str(path))]).fit(wide, data())
+    other = random_directions(aligned, ProbeSet(GravityData(probe_size=8).probe_batch()), [LAYER])
+    other.save(tmp_path / "other_probe.pt")
+    with pytest.raises(ConfigError, match="different probe set"):
+        trainer(1, [ActivationClamp(str(tmp_path / "other_probe.pt"))]).fit(copy.deepcopy(aligned), data())
+
+
+# ---- LoRA on a transformers model through CausalLMModule ---------------------------------------------------------
+class TokenData(protocol.TestbedDataModule):
+    """Instruction-like token batches (labels on real tokens) and a fixed probe batch of harmful prompts."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__()
+        from testbed.llm.testing import tiny_probe_batch
+
+        batch = tiny_probe_batch(tokenizer, n=16)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        self.rows = [
+            {"input_ids": i, "attention_mask": m, "labels": lab}
+            for i, m, lab in zip(batch["input_ids"], batch["attention_mask"], labels, strict=True)
+        ]
+        self.probe = tiny_probe_batch(tokenizer, n=6)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.rows, batch_size=8, shuffle=False)
+
+    def probe_batch(self) -> dict[str, torch.Tensor]:
+        return self.probe
+
+
+def test_lora_update_projection_and_monitor(tmp_path: Path) -> None:
+    from testbed.llm.testing import tiny_lm
+
+    torch.manual_seed(0)
+    module, tokenizer = tiny_lm("gpt2", lora={"r": 4, "alpha": 8}, lr=1e-2)
+    dm = TokenData(tokenizer)
+    layers = ["blocks.1.resid_post"]
+    path = random_directions(module, ProbeSet(dm.probe_batch()), layers, pooling="last", seed=0).save(tmp_path / "v.pt")
+    base_before = {n: p.detach().clone() for n, p in module.named_parameters() if not p.requires_grad}
+    recorder = FirstOrderRecorder(path, layers)
+    monitor = ReversionMonitor(str(path), every_n_steps=1)
+    trainer(3, [recorder, UpdateProjectionBlocker(str(path)), monitor]).fit(module, dm)
+    assert max(abs(r) for r in recorder.ratios) < 1e-5, recorder.ratios
+    assert all(torch.equal(p, base_before[n]) for n, p in module.named_parameters() if not p.requires_grad)
+    assert all("lora_" in n for n, _ in module.trainable_parameters())
+    assert [int(h["step"]) for h in monitor.history] == [1, 2, 3]
+    assert abs(monitor.history[-1]["reversion/drift_along/blocks.1.resid_post"]) < 1e-3
+
+
+def test_every_blocker_runs_on_lora_adapters_only(tmp_path: Path) -> None:
+    from testbed.llm.testing import tiny_lm
+
+    torch.manual_seed(0)
+    module, tokenizer = tiny_lm("llama", lora={"r": 4, "alpha": 8}, lr=1e-2)
+    dm = TokenData(tokenizer)
+    layers = ["blocks.0.resid_post"]
+    path = str(
+        random_directions(module, ProbeSet(dm.probe_batch()), layers, pooling="last", seed=1).save(tmp_path / "v.pt")
+    )
+    frozen = {n: p.detach().clone() for n, p in module.named_parameters() if not p.requires_grad}
+    lora = {n: p.detach().clone() for n, p in module.trainable_parameters()}
+    callbacks = [
+        GradientProjectionBlocker(path),
+        RepresentationPenalty(path, strength=10.0),
+        ActivationClamp(path),
+        L2Anchor(strength=0.1),
+    ]
+    trainer(2, callbacks).fit(module, dm)
+    assert all(torch.equal(p, frozen[n]) for n, p in module.named_parameters() if not p.requires_grad)
+    assert any(not torch.equal(p, lora[n]) for n, p in module.trainable_parameters())

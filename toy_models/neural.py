@@ -1,0 +1,472 @@
+"""The neural toy: the quartic law beyond the quadratic case, with every AIC quantity measured from the model.
+
+A tanh MLP f(x; θ) → R (float64) sees inputs on a curved low-dimensional manifold (:mod:`toy_models.data`).
+
+1. **Alignment.** θ0 is fitted to the alignment task, A(θ) = ½ mean_a (f(x_a; θ) − y_a)², by damped Gauss–Newton
+   steps until the residual is at round-off (an interpolating minimum), unless ``init_from`` supplies θ0.
+2. **Measured AIC quantities** (torch.func): the alignment Hessian's top-k eigenpairs by Lanczos on Hessian-vector
+   products give S = span(U) and λ; the fine-tune Hessian H is kept as an HVP operator; g0 = ∇F(θ0).
+3. **Fine-tune.** F(θ) = ½ mean_f (f(x_f; θ) − y_f)², minimised by full-batch SGD (exact GD) with step η.
+
+*Benign task design.* At an interpolating minimum S is (numerically) the span of the alignment outputs' gradients,
+so g0 ⊥ S exactly when the fine-tune residual r_f lies in the null space of the cross kernel K = J_a J_fᵀ. The
+fine-tune targets are the raw task's targets with the part of the residual that would move the alignment outputs at
+first order removed: r_f = r_null + ε (r_raw − r_null), with ε = ``orthogonality_violation``.
+
+*Where it departs from the quadratic case.* (a) A is not quadratic in θ: along the fine-tune direction the alignment
+outputs curve, f_a(θ0 + δ) ≈ J_a δ + ½ ∇²f_a[δ, δ], and with δ ≈ −tg0 the second term is also O(t²), so it changes the
+t⁴ coefficient (``AICEstimates.c4_output_curvature`` is the leading coefficient with this term). (b) The fine-tune
+Hessian drifts as θ moves (higher orders in t). (c) λ, S are Lanczos estimates, and with ε > 0 the t² term dominates.
+:meth:`NeuralToy.quadratic_model_run` separates (a) from (b) by running GD on the quadratic model of F.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp
+from torch.utils.data import DataLoader, Dataset
+
+from testbed.errors import ConfigError
+from testbed.protocol import TestbedDataModule
+from testbed.tags import GEOMETRY, TASK_TRAIN, TASK_VAL, THEORY, tag
+from theory.quartic import leading_coefficient, predict_alignment_loss_gd
+from toy_models.data import DTYPE, ToyTasks, make_tasks
+from toy_models.geometry import MonitoredToy
+
+Operator = Callable[[Tensor], Tensor]
+
+
+def lanczos_top(apply: Operator, dim: int, k: int, iters: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Top-k eigenpairs (by value) of a symmetric operator by Lanczos with full re-orthogonalisation.
+
+    Stops early when the Krylov space is exhausted (a low-rank operator), which is exact for rank < iters.
+
+    Args:
+        apply: v [dim] -> A v [dim] (float64).
+        dim: dimension of the space.
+        k: number of eigenpairs (k <= iters <= dim).
+        iters: Lanczos steps (size of the Krylov space).
+        seed: seed of the start vector.
+
+    Returns:
+        (eigenvalues [k] in descending order, eigenvectors [dim, k] with orthonormal columns).
+    """
+    if not 1 <= k <= min(iters, dim):
+        raise ConfigError(f"Lanczos needs 1 <= k <= min(iters, dim), got k={k}, iters={iters}, dim={dim}")
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(dim, generator=gen, dtype=DTYPE)
+    basis = [q / torch.linalg.vector_norm(q)]
+    alphas: list[float] = []
+    betas: list[float] = []
+    for _ in range(min(iters, dim)):
+        w = apply(basis[-1])
+        alphas.append(float(w @ basis[-1]))
+        stacked = torch.stack(basis, 1)
+        for _ in range(2):  # twice is enough for full re-orthogonalisation in float64
+            w = w - stacked @ (stacked.T @ w)
+        beta = float(torch.linalg.vector_norm(w))
+        if beta < 1e-10 * max(1.0, max(abs(a) for a in alphas)) or len(basis) == dim:
+            break
+        betas.append(beta)
+        basis.append(w / beta)
+    m = len(alphas)
+    tri = torch.diag(torch.tensor(alphas, dtype=DTYPE))
+    if m > 1:
+        off = torch.tensor(betas[: m - 1], dtype=DTYPE)
+        tri += torch.diag(off, 1) + torch.diag(off, -1)
+    vals, vecs = torch.linalg.eigh(tri)
+    if m < k:
+        raise ConfigError(f"the operator has a Krylov space of dimension {m} < k={k}: lower the rank")
+    order = torch.argsort(vals, descending=True)[:k]
+    ritz = torch.stack(basis[:m], 1) @ vecs[:, order]
+    q_ritz, _ = torch.linalg.qr(ritz)  # restore exact orthonormality
+    signs = torch.sign(torch.sum(q_ritz * ritz, 0))
+    return vals[order], q_ritz * signs
+
+
+class FlatMLP(nn.Module):
+    """tanh MLP D → width ×depth → 1 in float64, with functional access through one flat parameter vector."""
+
+    def __init__(self, in_dim: int, width: int, depth: int, seed: int) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        dims = [in_dim] + [width] * depth
+        self.hidden = nn.ModuleList(nn.Linear(a, b, dtype=DTYPE) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.acts = nn.ModuleList(nn.Tanh() for _ in range(depth))
+        self.head = nn.Linear(width, 1, dtype=DTYPE)
+        with torch.no_grad():  # initialise from the model seed only (independent of the global RNG)
+            for lin in [*self.hidden, self.head]:
+                bound = 1.0 / math.sqrt(lin.in_features)
+                lin.weight.copy_((torch.rand(lin.weight.shape, generator=gen, dtype=DTYPE) * 2 - 1) * bound)
+                lin.bias.copy_((torch.rand(lin.bias.shape, generator=gen, dtype=DTYPE) * 2 - 1) * bound)
+        self.names = [n for n, _ in self.named_parameters()]
+        self.shapes = [p.shape for _, p in self.named_parameters()]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for lin, act in zip(self.hidden, self.acts, strict=True):
+            x = act(lin(x))
+        return self.head(x).squeeze(-1)
+
+    def flat(self) -> Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.parameters()])
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        sizes = [math.prod(s) for s in self.shapes]
+        return {n: t.view(s) for n, t, s in zip(self.names, torch.split(flat, sizes), self.shapes, strict=True)}
+
+    def load_flat(self, flat: Tensor) -> None:
+        with torch.no_grad():
+            for p, t in zip(self.parameters(), self.unflatten(flat).values(), strict=True):
+                p.copy_(t)
+
+    def call(self, flat: Tensor, x: Tensor) -> Tensor:
+        """f(x; θ) for a flat θ (differentiable in θ through torch.func)."""
+        return functional_call(self, self.unflatten(flat), (x,))
+
+
+def mse(net: FlatMLP, flat: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """½ mean (f(x; θ) − y)²."""
+    return 0.5 * torch.mean((net.call(flat, x) - y) ** 2)
+
+
+def hvp_operator(net: FlatMLP, at: Tensor, x: Tensor, y: Tensor) -> Operator:
+    """v -> ∇²L(at) v for L = ½ mean (f − y)², by forward-over-reverse differentiation."""
+    grad_fn = grad(lambda t: mse(net, t, x, y))
+
+    def apply(v: Tensor) -> Tensor:
+        return jvp(grad_fn, (at,), (v,))[1]
+
+    return apply
+
+
+def fit_to_minimum(net: FlatMLP, x: Tensor, y: Tensor, iters: int, damping: float = 1e-8) -> float:
+    """Damped Gauss–Newton on ½ mean (f − y)² from the current weights; returns the final alignment loss.
+
+    With more parameters than examples the minimum interpolates, and GN converges quadratically to round-off.
+    """
+    theta = net.flat()
+    for _ in range(iters):
+        residual = net.call(theta, x) - y
+        if float(residual.abs().max()) < 1e-15:  # converged to round-off
+            break
+        jac = torch.func.jacrev(lambda t: net.call(t, x))(theta)  # [N, P]
+        gram = jac @ jac.T
+        step = jac.T @ torch.linalg.solve(gram + damping * torch.eye(len(y), dtype=DTYPE), residual)
+        theta = theta - step
+    net.load_flat(theta)
+    return float(mse(net, theta, x, y))
+
+
+@dataclass
+class AICEstimates:
+    """AIC quantities measured at θ0 (numpy float64, the form theory takes)."""
+
+    lam: np.ndarray  # [k] top alignment-Hessian eigenvalues
+    U: np.ndarray  # [P, k] their eigenvectors (S)
+    g0: np.ndarray  # [P] first fine-tune gradient
+    hvp: Callable[[np.ndarray], np.ndarray]  # v -> H v, fine-tune Hessian at θ0
+    orthogonality: float  # ‖P_S g0‖ / ‖g0‖
+    coupling: float  # ‖P_S H g0‖ / ‖H g0‖
+    c4: float  # theory's leading t⁴ coefficient Σ λ_i/8 (u_iᵀ H g0)²
+    c4_output_curvature: float  # the t⁴ coefficient including ½∇²f_a[g0, g0] (see the module docstring)
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            tag(THEORY, "c4"): self.c4,
+            tag(THEORY, "c4_output_curvature"): self.c4_output_curvature,
+            tag(THEORY, "lambda_max"): float(self.lam[0]),
+            tag(THEORY, "lambda_min"): float(self.lam[-1]),
+            tag(GEOMETRY, "g0_in_S"): self.orthogonality,
+            tag(GEOMETRY, "coupling"): self.coupling,
+        }
+
+
+class NeuralToy(MonitoredToy):
+    """tanh MLP aligned on one task and fine-tuned on another; the AIC quantities are measured, not set.
+
+    Args:
+        width: hidden width.
+        depth: number of hidden layers.
+        rank: k, the number of top alignment-Hessian eigenpairs spanning S (<= number of alignment examples).
+        lr: step size η of full-batch gradient descent on the fine-tune task.
+        orthogonality_violation: ε in [0, 1]: 0 keeps only the fine-tune residual that leaves the alignment outputs
+            unchanged at first order (g0 ⊥ S); 1 is the raw task.
+        model_seed: seed of the initial weights (before alignment).
+        align_iters: Gauss–Newton iterations of the alignment fit.
+        lanczos_iters: Lanczos steps for the alignment Hessian.
+        fit_window: early window [start, end] in steps for the log-log fit.
+        theory_order: series terms of theory's GD prediction.
+        init_from: optional weights to use as θ0 instead of the built-in alignment fit (theory assumes they sit at
+            an alignment minimum; from elsewhere the alignment loss has a linear term and the t² law appears).
+    """
+
+    def __init__(
+        self,
+        width: int = 16,
+        depth: int = 2,
+        rank: int = 8,
+        lr: float = 0.002,
+        orthogonality_violation: float = 0.0,
+        model_seed: int = 0,
+        align_iters: int = 30,
+        lanczos_iters: int = 40,
+        fit_window: tuple[int, int] = (10, 50),
+        theory_order: int = 2,
+        init_from: str | None = None,
+    ) -> None:
+        super().__init__(fit_window=fit_window, init_from=init_from)
+        if width < 1 or depth < 1:
+            raise ConfigError(f"width and depth must be >= 1, got width={width}, depth={depth}")
+        if rank < 1:
+            raise ConfigError(f"rank must be >= 1, got {rank}")
+        if not lr > 0:
+            raise ConfigError(f"lr must be positive, got {lr}")
+        if not 0.0 <= orthogonality_violation <= 1.0:
+            raise ConfigError(f"orthogonality_violation must lie in [0, 1], got {orthogonality_violation}")
+        self.save_hyperparameters()
+        self.width, self.depth, self.rank, self.lr = width, depth, rank, float(lr)
+        self.violation, self.model_seed = float(orthogonality_violation), model_seed
+        self.align_iters, self.lanczos_iters, self.theory_order = align_iters, lanczos_iters, theory_order
+        self.net: FlatMLP | None = None
+        self.tasks: ToyTasks | None = None
+        self.estimates: AICEstimates | None = None
+
+    # ---- construction (needs the data, so it happens in configure_model/setup) --------------------
+    def _data(self) -> NeuralToyData:
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if not isinstance(data, NeuralToyData):
+            raise ConfigError("NeuralToy needs data: toy_models.neural.NeuralToyData")
+        return data
+
+    def configure_model(self) -> None:
+        if self.net is None:
+            self._build(self._data())
+
+    def _build(self, data: NeuralToyData) -> None:
+        if self.rank > data.n_align:
+            raise ConfigError(
+                f"rank={self.rank} exceeds n_align={data.n_align}: the alignment Hessian at an "
+                f"interpolating minimum has rank <= n_align"
+            )
+        self.net = FlatMLP(data.ambient_dim, self.width, self.depth, self.model_seed)
+
+    def setup(self, stage: str) -> None:
+        self.prepare(self._data())
+
+    def prepare(self, data: NeuralToyData) -> None:
+        """Build the net, reach θ0 (alignment fit, or ``init_from``) and fix the fine-tune targets; idempotent."""
+        if self.net is None:
+            self._build(data)
+        self.tasks = data.tasks()
+        if self.init_from is not None:
+            self.load_initial_weights()
+        elif not self._initial_weights_loaded:
+            fit_to_minimum(self.net, self.tasks.x_align, self.tasks.y_align, self.align_iters)
+            self._initial_weights_loaded = True  # θ0 is fixed once per run
+        self.register_buffer("theta0", self.net.flat().clone(), persistent=False)
+        self.register_buffer(
+            "align0", mse(self.net, self.theta0, self.tasks.x_align, self.tasks.y_align), persistent=False
+        )
+        self.register_buffer("ft_targets", self._benign_targets(), persistent=False)
+
+    def _benign_targets(self) -> Tensor:
+        """y_f = f(x_f; θ0) − r_f with r_f = r_null + ε (r_raw − r_null), r_null ⊥ rows of K = J_a J_fᵀ."""
+        t = self.tasks
+        jac_a = torch.func.jacrev(lambda p: self.net.call(p, t.x_align))(self.theta0)
+        jac_f = torch.func.jacrev(lambda p: self.net.call(p, t.x_finetune))(self.theta0)
+        out_f = self.net.call(self.theta0, t.x_finetune).detach()
+        r_raw = out_f - t.y_finetune
+        kernel = jac_a @ jac_f.T  # [Na, Nf]
+        r_null = r_raw - torch.linalg.pinv(kernel) @ (kernel @ r_raw)
+        return out_f - (r_null + self.violation * (r_raw - r_null))
+
+    # ---- probe protocol -----------------------------------------------------------------------------
+    def layer_names(self) -> list[str]:
+        return [f"blocks.{i}.hidden" for i in range(self.depth)] + [f"blocks.{self.depth}.out"]
+
+    def layer_module(self, name: str) -> nn.Module:
+        self.check_layers([name])
+        index = int(name.split(".")[1])
+        return self.net.head if index == self.depth else self.net.acts[index]
+
+    def forward_probe(self, batch: Tensor) -> Tensor:
+        return self.net(batch.to(DTYPE))
+
+    # ---- losses and steps -------------------------------------------------------------------------
+    def finetune_loss(self, index: Tensor | None = None) -> Tensor:
+        x, y = self.tasks.x_finetune, self.ft_targets
+        if index is not None:
+            x, y = x[index], y[index]
+        return 0.5 * torch.mean((self.net(x) - y) ** 2)
+
+    def alignment_excess(self) -> Tensor:
+        """A(θ) − A(θ0) on the alignment task."""
+        return 0.5 * torch.mean((self.net(self.tasks.x_align) - self.tasks.y_align) ** 2) - self.align0
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.finetune_loss(batch["index"])
+        self.log(tag(TASK_TRAIN, "loss"), loss, on_step=True, on_epoch=False, batch_size=1)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._log_eval(TASK_VAL)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, group: str) -> None:
+        self.log(tag(group, "ft_loss"), self.finetune_loss(), batch_size=1)
+        self.log(tag(group, "align_loss"), self.alignment_excess(), batch_size=1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.net.parameters(), lr=self.lr)
+
+    # ---- measurements -----------------------------------------------------------------------------
+    def estimate(self) -> AICEstimates:
+        """Measure λ, S, H (as an operator), g0 at θ0, and the two t⁴ coefficients."""
+        t, net, theta0 = self.tasks, self.net, self.theta0
+        dim = theta0.numel()
+        align_hvp = hvp_operator(net, theta0, t.x_align, t.y_align)
+        ft_hvp = hvp_operator(net, theta0, t.x_finetune, self.ft_targets)
+        lam, U = lanczos_top(align_hvp, dim, self.rank, self.lanczos_iters, seed=self.model_seed)
+        g0 = grad(lambda p: mse(net, p, t.x_finetune, self.ft_targets))(theta0)
+        hg0 = ft_hvp(g0)
+        lam_np, U_np, g0_np = lam.numpy(), U.numpy(), g0.numpy()
+
+        def hvp_np(v: np.ndarray) -> np.ndarray:
+            return ft_hvp(torch.as_tensor(v, dtype=DTYPE)).numpy()
+
+        # Output curvature: f_a(θ0 − s g0 + ½ s² H g0) = f_a(θ0) + ½ s² (J_a H g0 + ∇²f_a[g0, g0]) + O(s³).
+        def along(s: Tensor) -> Tensor:
+            return net.call(theta0 - s * g0, t.x_align)
+
+        curv = jvp(
+            lambda s: jvp(along, (s,), (torch.ones((), dtype=DTYPE),))[1],
+            (torch.zeros((), dtype=DTYPE),),
+            (torch.ones((), dtype=DTYPE),),
+        )[1]
+        lin = jvp(lambda p: net.call(p, t.x_align), (theta0,), (hg0,))[1]
+        c4_curv = float(0.5 * torch.mean((0.5 * (lin + curv)) ** 2))
+        return AICEstimates(
+            lam=lam_np,
+            U=U_np,
+            g0=g0_np,
+            hvp=hvp_np,
+            orthogonality=float(np.linalg.norm(U_np.T @ g0_np) / np.linalg.norm(g0_np)),
+            coupling=float(np.linalg.norm(U_np.T @ hg0.numpy()) / np.linalg.norm(hg0.numpy())),
+            c4=leading_coefficient(lam_np, U_np, hvp_np, g0_np),
+            c4_output_curvature=c4_curv,
+        )
+
+    def on_fit_start(self) -> None:
+        self.estimates = self.estimate()
+        super().on_fit_start()
+        for logger in self.loggers:
+            logger.log_metrics(self.estimates.metrics(), step=0)
+
+    def quadratic_model_run(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """GD on the quadratic model of F at θ0 (δ_{n+1} = δ_n − η(g0 + Hδ_n), H by HVPs), for steps 0..``steps``.
+
+        Returns (quadratic-model alignment loss ½ Σ λ_i (u_iᵀδ_n)², true alignment excess A(θ0 + δ_n) − A(θ0)):
+        the first is what theory's series approximates; the second isolates the non-quadratic alignment loss,
+        and its gap to the measured run is the drift of the fine-tune Hessian along the real trajectory.
+        """
+        e, t = self.estimates, self.tasks
+        ft_hvp = hvp_operator(self.net, self.theta0, t.x_finetune, self.ft_targets)
+        g0 = torch.as_tensor(e.g0, dtype=DTYPE)
+        U, lam = torch.as_tensor(e.U, dtype=DTYPE), torch.as_tensor(e.lam, dtype=DTYPE)
+        delta = torch.zeros_like(g0)
+        quad, true = [0.0], [0.0]
+        with torch.no_grad():
+            for _ in range(steps):
+                delta = delta - self.lr * (g0 + ft_hvp(delta))
+                coords = U.T @ delta
+                quad.append(float(0.5 * torch.sum(lam * coords**2)))
+                true.append(float(mse(self.net, self.theta0 + delta, t.x_align, t.y_align) - self.align0))
+        return np.array(quad), np.array(true)
+
+    def measure(self) -> tuple[float, Tensor]:
+        return float(self.alignment_excess()), self.net.flat() - self.theta0
+
+    def subspace_basis(self) -> Tensor:
+        return torch.as_tensor(self.estimates.U, dtype=DTYPE)
+
+    def predicted_alignment_loss(self, steps: np.ndarray) -> np.ndarray | None:
+        e = self.estimates
+        return predict_alignment_loss_gd(e.lam, e.U, e.hvp, e.g0, self.lr, steps, order=self.theory_order)
+
+
+class _FullBatch(Dataset):
+    """Every item is the index set of the whole fine-tune task (full-batch gradient descent)."""
+
+    def __init__(self, n: int, length: int) -> None:
+        self.index, self.length = torch.arange(n), length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"index": self.index}
+
+
+class NeuralToyData(TestbedDataModule):
+    """Synthetic manifold data for :class:`NeuralToy` (see :func:`toy_models.data.make_tasks`).
+
+    Args:
+        ambient_dim: input dimension D.
+        manifold_dim: latent manifold dimension m.
+        curvature: bend of the manifold out of its tangent plane.
+        n_align: alignment examples.
+        n_finetune: fine-tune examples.
+        probe_size: probe inputs.
+        seed: data seed.
+        epoch_length: steps per epoch.
+    """
+
+    def __init__(
+        self,
+        ambient_dim: int = 8,
+        manifold_dim: int = 2,
+        curvature: float = 0.5,
+        n_align: int = 8,
+        n_finetune: int = 32,
+        probe_size: int = 16,
+        seed: int = 0,
+        epoch_length: int = 10_000,
+    ) -> None:
+        super().__init__()
+        self.ambient_dim, self.manifold_dim, self.curvature = ambient_dim, manifold_dim, curvature
+        self.n_align, self.n_finetune, self.probe_size, self.seed = n_align, n_finetune, probe_size, seed
+        self.epoch_length = epoch_length
+        self._tasks = self.tasks()  # validates the sizes now, so a bad config fails before training
+
+    def tasks(self) -> ToyTasks:
+        if getattr(self, "_tasks", None) is None:
+            self._tasks = make_tasks(
+                self.ambient_dim,
+                self.manifold_dim,
+                self.curvature,
+                self.n_align,
+                self.n_finetune,
+                self.probe_size,
+                self.seed,
+            )
+        return self._tasks
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_FullBatch(self.n_finetune, self.epoch_length), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_FullBatch(self.n_finetune, 1), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def probe_batch(self) -> Tensor:
+        return self.tasks().probe
