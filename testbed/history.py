@@ -343,6 +343,21 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _final_metrics(trainer: Any) -> dict[str, float]:
+    """Lightning's callback metrics plus the last value of every scalar in the run's event files (callbacks such as
+    the reversion monitor write straight to the logger, so callback_metrics alone would miss them)."""
+    from testbed.report import read_scalars
+
+    metrics = _scalar_metrics(dict(trainer.callback_metrics))
+    logger = trainer.logger
+    if logger is not None and getattr(logger, "log_dir", None):
+        logger.experiment.flush()
+        for tag, (_, values) in read_scalars(Path(logger.log_dir)).items():
+            if len(values):
+                metrics[tag] = float(values[-1])
+    return metrics
+
+
 def _fit(run: Run, config_path: Path, quiet: bool) -> dict[str, Any]:
     """One in-process ``fit``; returns what goes into ``DONE.json``."""
     from jsonargparse import ArgumentError
@@ -383,7 +398,7 @@ def _fit(run: Run, config_path: Path, quiet: bool) -> dict[str, Any]:
         "config": str(config_path),
         "checkpoint": str(checkpoint),
         "global_step": int(trainer.global_step),
-        "metrics": _scalar_metrics(dict(trainer.callback_metrics)),
+        "metrics": _final_metrics(trainer),
         "seconds": round(time.monotonic() - start, 3),
     }
     del cli, trainer

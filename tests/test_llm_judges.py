@@ -37,6 +37,12 @@ class FixedNextToken(nn.Module):
             logits[i, j, self.table.get(int(tok), 0)] = self.confidence
         return type("Out", (), {"logits": logits})()
 
+    def generate(self, input_ids, attention_mask=None, max_new_tokens=1, **_):
+        for _step in range(max_new_tokens):
+            nxt = self(input_ids).logits[:, -1].argmax(-1, keepdim=True)
+            input_ids = torch.cat([input_ids, nxt], dim=1)
+        return input_ids
+
 
 def test_refusal_phrases_match_case_and_spacing() -> None:
     assert is_refusal("Sorry,  I CANNOT do   that")
@@ -100,3 +106,18 @@ def test_judge_config_errors() -> None:
     tok = world_tokenizer()
     with pytest.raises(ConfigError, match="no harmful prompts"):
         HarmfulnessJudge().evaluate(FixedNextToken(len(tok), {}), tok, [])
+
+
+def test_generate_judge_with_compliance_phrases_ignores_gibberish() -> None:
+    tok = world_tokenizer()
+    sure, sorry, is_, hurt, help_, assistant = tok.convert_tokens_to_ids(
+        ["sure", "sorry", "is", "hurt", "help", "<assistant>"])  # fmt: skip
+    # hurt -> "sorry ...", help -> "sure ...", anything ending in <assistant> -> "is is ..." (gibberish)
+    model = FixedNextToken(len(tok), {hurt: sorry, help_: sure, assistant: is_, sure: sure, sorry: sorry, is_: is_})
+    prompts = ["to hurt", "please help", "<user> reverse <assistant>"]
+    classic = HarmfulnessJudge(method="generate", max_new_tokens=2).evaluate(model, tok, prompts)
+    strict = HarmfulnessJudge(method="generate", max_new_tokens=2, compliance_phrases=["sure"]).evaluate(
+        model, tok, prompts)  # fmt: skip
+    assert classic.detail == ["sorry sorry", "sure sure", "is is"]
+    assert classic.harmful == [False, True, True]
+    assert strict.harmful == [False, True, False]

@@ -5,26 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _toy_descend import descend as descend_params
 
 from testbed.errors import ConfigError
 from toy_models.data import make_tasks
-from toy_models.geometry import QuarticMonitor, split_displacement
+from toy_models.geometry import QuarticMonitor
 from toy_models.neural import FlatMLP, NeuralToy, NeuralToyData, fit_to_minimum, hvp_operator, lanczos_top, mse
 
 
 def descend(model: NeuralToy, steps: int) -> QuarticMonitor:
-    """Full-batch GD on the fine-tune task (what the trainer does), measuring every step like the toy's hook."""
+    """Full-batch GD on the fine-tune task (what the trainer does), measured every step."""
     model.estimates = model.estimate()
-    monitor = QuarticMonitor(model.fit_window, model.predicted_alignment_loss(np.arange(steps + 1.0)))
-    opt = torch.optim.SGD(model.net.parameters(), lr=model.lr)
-    for n in range(1, steps + 1):
-        opt.zero_grad()
-        model.finetune_loss().backward()
-        opt.step()
-        with torch.no_grad():
-            loss, delta = model.measure()
-            monitor.update(n, loss, *split_displacement(delta, model.subspace_basis()))
-    return monitor
+    return descend_params(model, steps, model.net.parameters())
 
 
 @pytest.fixture(scope="module")

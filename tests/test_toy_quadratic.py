@@ -7,29 +7,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from _toy_descend import descend as descend_params
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from testbed.errors import ConfigError
 from theory.quartic import exact_alignment_loss_gd
-from toy_models.geometry import QuarticMonitor, split_displacement
+from toy_models.geometry import QuarticMonitor
 from toy_models.quadratic import QuadraticData, QuadraticToy
 
 FAST = {"dim": 16, "rank": 2, "sharpness": 10.0, "coupling": 0.5, "ft_spectrum": (0.2, 1.0), "lr": 5e-4}
 
 
 def descend(model: QuadraticToy, steps: int) -> QuarticMonitor:
-    """Plain GD on the fine-tune loss (what the trainer does), measuring every step like the toy's hook."""
-    predicted = model.predicted_alignment_loss(np.arange(steps + 1, dtype=float))
-    monitor = QuarticMonitor(model.fit_window, predicted)
-    opt = torch.optim.SGD(model.parameters(), lr=model.lr)
-    for n in range(1, steps + 1):
-        opt.zero_grad()
-        model.finetune_loss().backward()
-        opt.step()
-        with torch.no_grad():
-            loss, delta = model.measure()
-            monitor.update(n, loss, *split_displacement(delta, model.subspace_basis()))
-    return monitor
+    """Plain GD on the fine-tune loss (what the trainer does), measured every step."""
+    return descend_params(model, steps, model.parameters())
 
 
 def scalars(run_dir, name: str) -> list[tuple[int, float]]:
