@@ -37,6 +37,7 @@ from testbed.interventions import (
 )
 from testbed.probes import ProbeSet
 from testbed.protocol import TestbedDataModule
+from testbed.trainers import quiet_trainer
 from toy_models.gravity import GravityData, GravityMLP
 
 
@@ -93,17 +94,7 @@ def arms(path: str) -> dict[str, Any]:
 
 def step_time(model: pl.LightningModule, dm: Any, callbacks: list[pl.Callback], steps: int) -> tuple[float, float]:
     timer = StepTimer()
-    trainer = pl.Trainer(
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[*callbacks, timer],
-    )
-    trainer.fit(copy.deepcopy(model), dm)
+    quiet_trainer(steps, [*callbacks, timer]).fit(copy.deepcopy(model), dm)
     return sum(timer.cpu) / len(timer.cpu), sum(timer.wall) / len(timer.wall)
 
 

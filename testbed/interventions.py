@@ -221,10 +221,22 @@ def orthonormal_rows(rows: list[Tensor], eps: float = 1e-12) -> Tensor:
 
 
 class _JacobianBlocker(DirectionCallback):
-    """Computes J_l = ∂<v_l, m_l>/∂θ for the trainable parameters (refreshed every ``every_n_steps`` steps)."""
+    """Computes J_l = ∂<v_l, m_l>/∂θ for the trainable parameters (refreshed every ``every_n_steps`` steps).
 
-    def __init__(self, *args: Any, one_sided: bool = False, every_n_steps: int = 1, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    Args: as ``UpdateProjectionBlocker`` (both blockers share this signature).
+    """
+
+    def __init__(
+        self,
+        direction_path: str,
+        layers: list[str] | None = None,
+        one_sided: bool = False,
+        every_n_steps: int = 1,
+        random_direction: bool = False,
+        random_seed: int = 0,
+        allow_other_probe: bool = False,
+    ) -> None:
+        super().__init__(direction_path, layers, random_direction, random_seed, allow_other_probe)
         if isinstance(every_n_steps, bool) or int(every_n_steps) < 1:
             raise ConfigError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
         self.one_sided = bool(one_sided)
@@ -302,25 +314,8 @@ class UpdateProjectionBlocker(_JacobianBlocker):
         allow_other_probe: accept a direction computed on a different probe set.
     """
 
-    def __init__(
-        self,
-        direction_path: str,
-        layers: list[str] | None = None,
-        one_sided: bool = False,
-        every_n_steps: int = 1,
-        random_direction: bool = False,
-        random_seed: int = 0,
-        allow_other_probe: bool = False,
-    ) -> None:
-        super().__init__(
-            direction_path,
-            layers,
-            random_direction,
-            random_seed,
-            allow_other_probe,
-            one_sided=one_sided,
-            every_n_steps=every_n_steps,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._handles: list[Any] = []
         self._snapshot: Tensor | None = None
         self._step_params: list[nn.Parameter] = []
@@ -379,26 +374,6 @@ class GradientProjectionBlocker(_JacobianBlocker):
     Args: as ``UpdateProjectionBlocker``; one-sided removes only components that would move toward the witness
     under a gradient-descent step (J·g < 0).
     """
-
-    def __init__(
-        self,
-        direction_path: str,
-        layers: list[str] | None = None,
-        one_sided: bool = False,
-        every_n_steps: int = 1,
-        random_direction: bool = False,
-        random_seed: int = 0,
-        allow_other_probe: bool = False,
-    ) -> None:
-        super().__init__(
-            direction_path,
-            layers,
-            random_direction,
-            random_seed,
-            allow_other_probe,
-            one_sided=one_sided,
-            every_n_steps=every_n_steps,
-        )
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:

@@ -116,30 +116,31 @@ def test_killed_writers_never_leave_a_loadable_partial_file(tmp_path: Path) -> N
                 load_direction(remnant)
 
 
-def test_cli_installs_safe_checkpoint_io_and_guard_by_default(tmp_path: Path, monkeypatch) -> None:
+def _tiny_cli(tmp_path: Path, monkeypatch, trainer_yaml: str) -> testbed_cli.TestbedCLI:
+    """The testbed CLI (not run) on the tiny regressor, with ``trainer_yaml`` as the config's trainer section."""
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "tiny.yaml"
     config.write_text(
         "model: {class_path: _reliability_models.TinyRegressor}\n"
-        "data: {class_path: _reliability_models.TinyData}\n"
-        "trainer: {max_steps: 1, logger: false, accelerator: cpu}\n"
+        "data: {class_path: _reliability_models.TinyData}\n" + trainer_yaml
     )
-    cli = testbed_cli.TestbedCLI(args=["--config", str(config)], run=False)
+    return testbed_cli.TestbedCLI(args=["--config", str(config)], run=False)
+
+
+def test_cli_installs_safe_checkpoint_io_and_guard_by_default(tmp_path: Path, monkeypatch) -> None:
+    cli = _tiny_cli(tmp_path, monkeypatch, "trainer: {max_steps: 1, logger: false, accelerator: cpu}\n")
     assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
     assert sum(isinstance(c, NonFiniteGuard) for c in cli.trainer.callbacks) == 1
 
 
 def test_cli_keeps_a_configured_guard(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        "model: {class_path: _reliability_models.TinyRegressor}\n"
-        "data: {class_path: _reliability_models.TinyData}\n"
+    cli = _tiny_cli(
+        tmp_path,
+        monkeypatch,
         "trainer:\n  max_steps: 1\n  logger: false\n  accelerator: cpu\n"
         "  callbacks:\n  - class_path: testbed.guards.NonFiniteGuard\n"
-        "    init_args: {representation_every_n_steps: 0}\n"
+        "    init_args: {representation_every_n_steps: 0}\n",
     )
-    cli = testbed_cli.TestbedCLI(args=["--config", str(config)], run=False)
     guards = [c for c in cli.trainer.callbacks if isinstance(c, NonFiniteGuard)]
     assert len(guards) == 1 and guards[0].representation_every_n_steps == 0
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _reliability_compare import assert_nested_close
 from _reliability_gravity import finetune_config, run_testbed, write_direction
 
 ALL_INTERVENTIONS = ["GradientProjectionBlocker", "RepresentationPenalty", "ActivationClamp", "L2Anchor"]
@@ -40,18 +41,7 @@ def _extra(direction: Path, out: Path) -> list[dict]:
 
 
 def _close(a, b, where: str) -> None:
-    if isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: {sorted(a)} != {sorted(b)}"
-        for key in a:
-            _close(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), f"{where}: {len(a)} != {len(b)}"
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _close(x, y, f"{where}[{i}]")
-    elif isinstance(a, float):
-        assert b == pytest.approx(a, rel=1e-4, abs=1e-5), where
-    else:
-        assert a == b, where
+    assert_nested_close(a, b, where, rtol=1e-4, atol=1e-5)  # two processes sum in another order: float round-off
 
 
 def test_blocked_finetune_two_processes_match_one(tmp_path: Path, run_cli, one_thread) -> None:
@@ -97,24 +87,17 @@ def _strategy(family: str):
 
 
 def _callbacks() -> dict[str, object]:
-    from testbed.interventions import (
-        ActivationClamp,
-        GradientProjectionBlocker,
-        L2Anchor,
-        RepresentationPenalty,
-        ReversionMonitor,
-        UpdateProjectionBlocker,
-    )
+    from testbed import interventions as iv
 
     return {
-        "monitor": ReversionMonitor("v.pt"),
-        "update": UpdateProjectionBlocker("v.pt"),
-        "update_random": UpdateProjectionBlocker("v.pt", random_direction=True),
-        "gradient": GradientProjectionBlocker("v.pt"),
-        "penalty": RepresentationPenalty("v.pt"),
-        "clamp_each": ActivationClamp("v.pt", mode="each"),
-        "clamp_shift": ActivationClamp("v.pt", mode="shift"),
-        "anchor": L2Anchor(),
+        "monitor": iv.ReversionMonitor("v.pt"),
+        "update": iv.UpdateProjectionBlocker("v.pt"),
+        "update_random": iv.UpdateProjectionBlocker("v.pt", random_direction=True),
+        "gradient": iv.GradientProjectionBlocker("v.pt"),
+        "penalty": iv.RepresentationPenalty("v.pt"),
+        "clamp_each": iv.ActivationClamp("v.pt", mode="each"),
+        "clamp_shift": iv.ActivationClamp("v.pt", mode="shift"),
+        "anchor": iv.L2Anchor(),
     }
 
 

@@ -150,6 +150,23 @@ def _state_files(tmp_path: Path) -> tuple[Path, Path]:
     return witness, reference
 
 
+def _vrev_args(config: str, witness: Path, reference: Path, layers: str, out: Path) -> list[str]:
+    """Arguments of the ``vrev`` verb."""
+    return [
+        "vrev",
+        "--config_path",
+        config,
+        "--witness_ckpt",
+        str(witness),
+        "--reference_ckpt",
+        str(reference),
+        "--layers",
+        layers,
+        "--out",
+        str(out),
+    ]
+
+
 def test_compute_from_checkpoints_and_the_vrev_verb(tmp_path: Path, run_cli) -> None:
     config = str(REPO / GRAVITY_PRETRAIN)
     witness, reference = _state_files(tmp_path)
@@ -162,61 +179,14 @@ def test_compute_from_checkpoints_and_the_vrev_verb(tmp_path: Path, run_cli) -> 
     assert ds.metadata["model_class"] == "toy_models.gravity.GravityMLP"
 
     code = run_cli(
-        [
-            "vrev",
-            "--config_path",
-            config,
-            "--witness_ckpt",
-            str(witness),
-            "--reference_ckpt",
-            str(reference),
-            "--layers",
-            "[blocks.0.hidden, blocks.1.hidden]",
-            "--out",
-            str(tmp_path / "cli.pt"),
-            "--kind",
-            "shuffled_history",
-        ]
+        _vrev_args(config, witness, reference, "[blocks.0.hidden, blocks.1.hidden]", tmp_path / "cli.pt")
+        + ["--kind", "shuffled_history"]
     )
     assert code == 0
     assert load_direction(tmp_path / "cli.pt").metadata["kind"] == "shuffled_history"
 
     bad = tmp_path / "bad.pt"
-    assert (
-        run_cli(
-            [
-                "vrev",
-                "--config_path",
-                config,
-                "--witness_ckpt",
-                str(witness),
-                "--reference_ckpt",
-                str(reference),
-                "--layers",
-                "[blocks.4.hidden]",
-                "--out",
-                str(bad),
-            ]
-        )
-        == 2
-    )
-    assert (
-        run_cli(
-            [
-                "vrev",
-                "--config_path",
-                config,
-                "--witness_ckpt",
-                str(tmp_path / "nope.ckpt"),
-                "--reference_ckpt",
-                str(reference),
-                "--layers",
-                "[blocks.1.hidden]",
-                "--out",
-                str(bad),
-            ]
-        )
-        == 2
-    )
+    assert run_cli(_vrev_args(config, witness, reference, "[blocks.4.hidden]", bad)) == 2
+    assert run_cli(_vrev_args(config, tmp_path / "nope.ckpt", reference, "[blocks.1.hidden]", bad)) == 2
     assert not bad.exists()
     assert not list(tmp_path.glob("*.partial"))

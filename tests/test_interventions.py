@@ -23,24 +23,14 @@ from testbed.interventions import (
     UpdateProjectionBlocker,
 )
 from testbed.probes import ProbeSet
+from testbed.trainers import quiet_trainer
 from toy_models.gravity import GravityData, GravityMLP
 
 LAYER = "blocks.1.hidden"
 
 
 def trainer(steps: int, callbacks: list[pl.Callback], logger: Any = False, **kwargs: Any) -> pl.Trainer:
-    return pl.Trainer(
-        max_steps=steps,
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=callbacks,
-        deterministic=True,
-        **kwargs,
-    )
+    return quiet_trainer(steps, callbacks, logger=logger, deterministic=True, **kwargs)
 
 
 def data(**kwargs: Any) -> GravityData:

@@ -72,18 +72,10 @@ def _config(tmp_path: Path, extra: str = "") -> str:
     return str(path)
 
 
-def test_cli_init_from_refuses_pickle_payload(bomb, tmp_path, run_cli, capsys) -> None:
+@pytest.mark.parametrize("flag", ["--model.init_args.init_from", "--ckpt_path"], ids=["init_from", "resume"])
+def test_cli_refuses_pickle_payload(flag: str, bomb, tmp_path, run_cli, capsys) -> None:
     path, marker = bomb
-    code = run_cli(["fit", "--config", _config(tmp_path), "--model.init_args.init_from", str(path)])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "weights_only" in err and "evil.ckpt" in err
-    assert not marker.exists()
-
-
-def test_cli_resume_refuses_pickle_payload(bomb, tmp_path, run_cli, capsys) -> None:
-    path, marker = bomb
-    code = run_cli(["fit", "--config", _config(tmp_path), "--ckpt_path", str(path)])
+    code = run_cli(["fit", "--config", _config(tmp_path), flag, str(path)])
     err = capsys.readouterr().err
     assert code == 2
     assert "weights_only" in err and "evil.ckpt" in err

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _reliability_compare import assert_nested_close
 from _reliability_gravity import finetune_config, run_testbed, write_direction
 
 from testbed.io import load_torch_file
@@ -28,24 +29,6 @@ def one_thread():
 def _checkpoint_callback(dirpath: Path) -> dict:
     return {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
             "init_args": {"dirpath": str(dirpath), "every_n_train_steps": 4, "save_top_k": -1, "filename": "{step}"}}
-
-
-def _assert_same(a, b, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.shape == b.shape, where
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m: f"{where}: {m}")
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and sorted(a, key=str) == sorted(b, key=str), f"{where}: keys {list(a)} != {list(b)}"
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float):
-        assert b == pytest.approx(a, rel=1e-6, abs=1e-7), where
-    else:
-        assert a == b, where
 
 
 def _callback_state(ckpt: dict, name: str) -> dict:
@@ -74,19 +57,19 @@ def test_killed_blocked_finetune_resumes_to_the_uninterrupted_result(tmp_path, r
     full = load_torch_file(tmp_path / "full" / "step=12.ckpt")
     resumed = load_torch_file(tmp_path / "resumed" / "step=12.ckpt")
     assert full["global_step"] == resumed["global_step"] == 12
-    _assert_same(full["state_dict"], resumed["state_dict"], "state_dict")
-    _assert_same(full["optimizer_states"], resumed["optimizer_states"], "optimizer_states")
+    assert_nested_close(full["state_dict"], resumed["state_dict"], "state_dict")
+    assert_nested_close(full["optimizer_states"], resumed["optimizer_states"], "optimizer_states")
 
     blocker_full = _callback_state(full, "UpdateProjectionBlocker")
     blocker_resumed = _callback_state(resumed, "UpdateProjectionBlocker")
     assert blocker_full["basis"] is not None and blocker_full["basis"].shape[0] == 1
-    _assert_same(blocker_full, blocker_resumed, "UpdateProjectionBlocker")
+    assert_nested_close(blocker_full, blocker_resumed, "UpdateProjectionBlocker")
 
     monitor_full = _callback_state(full, "ReversionMonitor")
     monitor_resumed = _callback_state(resumed, "ReversionMonitor")
     assert [int(r["step"]) for r in monitor_full["history"]] == [1, 2, 4, 6, 8, 10, 12]
-    _assert_same(monitor_full, monitor_resumed, "ReversionMonitor")
-    _assert_same(_callback_state(full, "ResumableRng"), _callback_state(resumed, "ResumableRng"), "ResumableRng")
+    assert_nested_close(monitor_full, monitor_resumed, "ReversionMonitor")
+    assert_nested_close(_callback_state(full, "ResumableRng"), _callback_state(resumed, "ResumableRng"), "ResumableRng")
 
 
 def test_resume_without_rng_state_would_diverge(tmp_path, run_cli, one_thread) -> None:
