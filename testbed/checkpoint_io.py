@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import random
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,10 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.plugins.io import CheckpointIO, TorchCheckpointIO
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from testbed.errors import CheckpointError
-from testbed.io import atomic_torch_save, load_torch_file
+from testbed.io import atomic_torch_save, load_torch_file, looks_like_torch_file
 
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 
@@ -94,27 +93,6 @@ def check_ckpt_path(ckpt_path: str | os.PathLike | None) -> None:
         raise CheckpointError(f"--ckpt_path: {path} is not a Lightning checkpoint (no 'state_dict' entry)")
 
 
-def looks_like_torch_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` starts like a ``torch.save`` file: a zip archive, or a pickle (the legacy format)."""
-    if zipfile.is_zipfile(path):
-        return True
-    with open(path, "rb") as fh:
-        return fh.read(1) == b"\x80"
-
-
-def with_safe_checkpoint_io(plugins: Any) -> list[Any]:
-    """``plugins`` (None, one plugin or a list) plus a ``SafeCheckpointIO`` unless a CheckpointIO is already there."""
-    if plugins is None:
-        items: list[Any] = []
-    elif isinstance(plugins, (list, tuple)):
-        items = list(plugins)
-    else:
-        items = [plugins]
-    if not any(isinstance(p, CheckpointIO) for p in items):
-        items.append(SafeCheckpointIO())
-    return items
-
-
 class ResumableRng(pl.Callback):
     """Save the global RNG states in checkpoints and restore them when training resumes.
 
@@ -147,11 +125,3 @@ class ResumableRng(pl.Callback):
         random.setstate((py_state["version"], mt_state, py_state["gauss_next"]))
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
-
-
-def with_resumable_rng(callbacks: Any) -> list[Any]:
-    """``callbacks`` (None, one callback or a list) plus a ``ResumableRng`` unless one is there."""
-    items = [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-    if not any(isinstance(c, ResumableRng) for c in items):
-        items.append(ResumableRng())
-    return items

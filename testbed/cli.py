@@ -6,14 +6,15 @@ from typing import Any
 
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import CheckpointIO
 
-from testbed.checkpoint_io import check_ckpt_path, with_resumable_rng, with_safe_checkpoint_io
+from testbed.checkpoint_io import ResumableRng, SafeCheckpointIO, check_ckpt_path
 from testbed.guards import (
+    NonFiniteGuard,
     check_config_files,
     check_run_length,
     lightning_config_errors,
     removing_partial_outputs,
-    with_guard,
 )
 from testbed.protocol import TestbedDataModule, TestbedModule
 from testbed.strategies import check_strategy
@@ -30,6 +31,15 @@ def trainer_defaults() -> dict[str, Any]:
         },
         "enable_model_summary": False,
     }
+
+
+def with_default(items: Any, kind: type, satisfied_by: type | None = None) -> list[Any]:
+    """``items`` (None, one object or a list) plus a ``kind()``, unless an instance of ``satisfied_by`` (default:
+    ``kind``) is already there."""
+    items = [] if items is None else list(items) if isinstance(items, (list, tuple)) else [items]
+    if not any(isinstance(item, satisfied_by or kind) for item in items):
+        items.append(kind())
+    return items
 
 
 class TestbedCLI(LightningCLI):
@@ -58,8 +68,9 @@ class TestbedCLI(LightningCLI):
         # Reliability defaults (testbed.checkpoint_io, testbed.guards): atomic weights_only checkpoints, RNG state in
         # checkpoints (exact resume) and the NaN/inf guard, unless the config already names them.
         config = self._get(self.config_init, "trainer", default={}) or {}
-        kwargs.setdefault("plugins", with_safe_checkpoint_io(config.get("plugins")))
-        kwargs.setdefault("callbacks", with_resumable_rng(with_guard(config.get("callbacks"))))
+        kwargs.setdefault("plugins", with_default(config.get("plugins"), SafeCheckpointIO, CheckpointIO))
+        callbacks = with_default(with_default(config.get("callbacks"), NonFiniteGuard), ResumableRng)
+        kwargs.setdefault("callbacks", callbacks)
         with lightning_config_errors(also=(ValueError,)):
             return super().instantiate_trainer(**kwargs)
 

@@ -28,7 +28,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from pytorch_lightning.utilities.seed import isolate_rng
 from torch import Tensor
 
 from testbed.errors import ConfigError, TestbedError
@@ -121,22 +120,18 @@ class NonFiniteGuard(pl.Callback):
 
     def _representation_problem(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[str, float] | None:
         """Non-finite probe representation ``('representation/<layer>', value)``, or ``None`` (also if unsupported)."""
+        from testbed.probes import probe_set_of
         from testbed.protocol import TestbedDataModule, TestbedModule
 
-        data = trainer.datamodule
-        if not isinstance(pl_module, TestbedModule) or not isinstance(data, TestbedDataModule):
+        if not isinstance(pl_module, TestbedModule) or not isinstance(trainer.datamodule, TestbedDataModule):
             return None
         try:
             layers = pl_module.layer_names()
-            batch = data.probe_batch()
-        except NotImplementedError:
+            probe = probe_set_of(trainer)
+        except (NotImplementedError, ConfigError):  # no layers or no (non-empty) probe batch: nothing to check
             return None
-        batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-        was_training = pl_module.training
-        pl_module.eval()  # no dropout noise, no BatchNorm statistics update
         try:
-            with torch.no_grad(), isolate_rng():
-                reps = pl_module.representations(batch, layers)
+            reps = probe.read(pl_module, layers)  # eval mode, isolated RNG, no autograd; modes restored after
         except TestbedError:
             raise
         except Exception as exc:  # the guard must not be what breaks a run: report once, stop reading probes
@@ -144,22 +139,7 @@ class NonFiniteGuard(pl.Callback):
                            "representation checks are off for this run")
             self.representation_every_n_steps = 0
             return None
-        finally:
-            pl_module.train(was_training)
         return _first_non_finite({f"representation/{name}": rep for name, rep in reps.items()})
-
-
-def with_guard(callbacks: Any) -> list[Any]:
-    """``callbacks`` (None, one callback or a list) plus a default ``NonFiniteGuard`` unless one is there."""
-    if callbacks is None:
-        items: list[Any] = []
-    elif isinstance(callbacks, (list, tuple)):
-        items = list(callbacks)
-    else:
-        items = [callbacks]
-    if not any(isinstance(c, NonFiniteGuard) for c in items):
-        items.append(NonFiniteGuard())
-    return items
 
 
 # ---- no half-written outputs ------------------------------------------------------------------------------------

@@ -51,12 +51,20 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, lambda fh: torch.save(obj, fh))
 
 
+def looks_like_torch_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts like a ``torch.save`` file: a zip archive, or a pickle (the legacy format)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(1) == b"\x80"
+
+
 def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """Load a torch file with ``weights_only=True``; a missing, corrupt or unsafe file raises ``CheckpointError``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+    if not looks_like_torch_file(path):
         raise CheckpointError(f"{path} is not a loadable {what} (not a torch.save archive)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -185,22 +185,11 @@ def threshold_rows(groups: dict[str, list[RunLog]], specs: list[str]) -> list[di
 
 def _fit(series: Series, window: tuple[int, int] | None) -> tuple[float, float]:
     """(exponent, coefficient) of value ≈ coefficient · step^exponent over the window (positive points only)."""
-    try:
-        from theory.quartic import fit_loglog_slope
-    except ImportError:  # the theory package is optional for reading logs
-        fit_loglog_slope = _polyfit_loglog
+    from theory.quartic import fit_loglog_slope  # imported here: sympy is not needed to read logs
     steps, values = series
     keep = np.ones_like(steps, dtype=bool) if window is None else (steps >= window[0]) & (steps <= window[1])
     slope, intercept = fit_loglog_slope(steps[keep].astype(np.float64), values[keep])
     return float(slope), math.exp(intercept) if math.isfinite(intercept) else float("nan")
-
-
-def _polyfit_loglog(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    if keep.sum() < 2 or np.ptp(np.log(x[keep])) == 0:
-        return float("nan"), float("nan")
-    slope, intercept = np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)
-    return float(slope), float(intercept)
 
 
 def loglog_rows(

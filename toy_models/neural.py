@@ -444,19 +444,10 @@ class NeuralToyData(TestbedDataModule):
         self.ambient_dim, self.manifold_dim, self.curvature = ambient_dim, manifold_dim, curvature
         self.n_align, self.n_finetune, self.probe_size, self.seed = n_align, n_finetune, probe_size, seed
         self.epoch_length = epoch_length
-        self._tasks = self.tasks()  # validates the sizes now, so a bad config fails before training
+        # Built now so a bad config fails before training.
+        self._tasks = make_tasks(ambient_dim, manifold_dim, curvature, n_align, n_finetune, probe_size, seed)
 
     def tasks(self) -> ToyTasks:
-        if getattr(self, "_tasks", None) is None:
-            self._tasks = make_tasks(
-                self.ambient_dim,
-                self.manifold_dim,
-                self.curvature,
-                self.n_align,
-                self.n_finetune,
-                self.probe_size,
-                self.seed,
-            )
         return self._tasks
 
     def train_dataloader(self) -> DataLoader:

@@ -14,21 +14,12 @@ import argparse
 import statistics
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from testbed.report import Series, read_scalars, value_at
 
 
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
-
-
-def at(series: list[tuple[int, float]] | None, step: int) -> float | None:
-    """The value logged at ``step`` (the last one at or before it)."""
-    if not series:
-        return None
-    before = [v for s, v in series if s <= step]
-    return before[-1] if before else None
+def at(series: Series | None, step: int | None) -> float | None:
+    """The value logged at ``step`` (the last one at or before it; ``None``: the last one), if the tag was logged."""
+    return None if series is None else value_at(series, step)
 
 
 def mean_std(values: list[float | None], fmt: str = "{:.3f}") -> str:
@@ -43,8 +34,9 @@ def summarize(study: Path, layer: str, steps: tuple[int, ...] = (1, 20, 100)) ->
     arms = sorted(p for p in study.iterdir() if p.is_dir() and not p.name.startswith("_") and p.name != "report")
     lines = [f"study {study} — layer {layer}; mean ± std over seeds", ""]
     align_runs = sorted((study / "_shared" / "align").glob("seed=*"))
-    aligned = [at(scalars(r).get("align/harmfulness"), 10**9) for r in align_runs]
-    aligned_gen = [at(scalars(r).get("align/harmfulness_gen"), 10**9) for r in align_runs]
+    align_logs = [read_scalars(r) for r in align_runs]
+    aligned = [at(log.get("align/harmfulness"), None) for log in align_logs]
+    aligned_gen = [at(log.get("align/harmfulness_gen"), None) for log in align_logs]
     lines.append(f"aligned model, held-out harmful families: likelihood {mean_std(aligned, '{:.1f}')} %, "
                  f"generate {mean_std(aligned_gen, '{:.1f}')} %  ({len(align_runs)} seeds)")  # fmt: skip
     lines.append("")
@@ -54,11 +46,12 @@ def summarize(study: Path, layer: str, steps: tuple[int, ...] = (1, 20, 100)) ->
     plain_loss = None
     rows = []
     for arm in arms:
-        runs = [scalars(r) for r in sorted(arm.glob("seed=*"))]
+        runs = [read_scalars(r) for r in sorted(arm.glob("seed=*"))]
         if not runs:
             continue
         cos = {s: [at(r.get(f"reversion/cos_drift_vrev/{layer}"), s) for r in runs] for s in steps}
-        exceed = [v for r in runs for _, v in r.get(f"reversion/exceeds_null_p99/{layer}", [])]
+        exceed_tag = f"reversion/exceeds_null_p99/{layer}"
+        exceed = [float(v) for r in runs if exceed_tag in r for v in r[exceed_tag][1]]
         harm = {s: [at(r.get("align/harmfulness"), s) for r in runs] for s in (0, 20, 100)}
         harm_gen = [at(r.get("align/harmfulness_gen"), 100) for r in runs]
         loss = [at(r.get("val/loss"), 100) for r in runs]

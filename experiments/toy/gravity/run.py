@@ -13,7 +13,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from testbed.report import read_scalars
 
 HERE = Path(__file__).resolve().parent
 LAYER = "blocks.1.hidden"
@@ -22,8 +22,8 @@ ARMS = ["plain", "blocked", "penalty", "clamp", "random-control", "l2-anchor"]
 
 def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     """All scalar tags of a run folder: ``{tag: {step: value}}`` (the last value wins per step)."""
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
-    return {t: {e.step: e.value for e in acc.Scalars(t)} for t in acc.Tags()["scalars"]}
+    series = read_scalars(run_dir)
+    return {tag: dict(zip(steps.tolist(), values.tolist(), strict=True)) for tag, (steps, values) in series.items()}
 
 
 def fmt(values: list[float], pct: bool = False) -> str:
