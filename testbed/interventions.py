@@ -149,9 +149,9 @@ class DirectionCallback(pl.Callback):
         self.reference_mean = dict(state["reference_mean"])
 
     # ---- helpers ------------------------------------------------------------------------------------------------
-    def _along(self, module: TestbedModule, grad: bool) -> dict[str, Tensor]:
-        """<v_l, m_l(θ) - m_l^ref> per layer on the probe batch (differentiable when ``grad``)."""
-        means = self.probe.mean(module, self.layers, self.pooling, grad=grad)
+    def _along(self, module: TestbedModule, grad: bool, probe: ProbeSet | None = None) -> dict[str, Tensor]:
+        """<v_l, m_l(θ) - m_l^ref> per layer on the probe batch, or on ``probe`` (differentiable when ``grad``)."""
+        means = (probe or self.probe).mean(module, self.layers, self.pooling, grad=grad)
         return {
             k: torch.dot(means[k] - self.reference_mean[k].to(means[k].dtype), self.vectors[k].to(means[k].dtype))
             for k in self.layers
@@ -190,9 +190,18 @@ def _params(module: TestbedModule) -> list[nn.Parameter]:
     return params
 
 
-def _flat(tensors: Sequence[Tensor | None], like: Sequence[Tensor]) -> Tensor:
+def work_dtype(params: Sequence[Tensor]) -> torch.dtype:
+    """Precision of the projection: float64 if any parameter is float64, else float32 (bf16/fp16 are widened)."""
+    return torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
+
+
+def _flat(tensors: Sequence[Tensor | None], like: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
+    dtype = dtype or work_dtype(like)
     return torch.cat(
-        [(torch.zeros_like(p) if t is None else t).reshape(-1) for t, p in zip(tensors, like, strict=False)]
+        [
+            (torch.zeros(p.numel(), dtype=dtype, device=p.device) if t is None else t.detach().reshape(-1).to(dtype))
+            for t, p in zip(tensors, like, strict=False)
+        ]
     )
 
 
@@ -204,8 +213,18 @@ def _unflat_into(flat: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
-def orthonormal_rows(rows: list[Tensor], eps: float = 1e-12) -> Tensor:
-    """Gram-Schmidt (twice, for stability) in float64; rows with no new direction are dropped. Returns [k, P]."""
+def orthonormal_rows(rows: Sequence[Tensor] | Tensor, eps: float = 1e-12) -> Tensor:
+    """Orthonormal basis ``[k', P]`` of the span of ``rows`` (in their dtype); rows with no new direction are dropped.
+
+    One row is just normalised; several go through Gram-Schmidt twice in float64 (for stability).
+    """
+    rows = list(rows)
+    dtype = rows[0].dtype
+    if len(rows) == 1:
+        norm = rows[0].norm()
+        if norm > 0:
+            return (rows[0] / norm).unsqueeze(0)
+        return rows[0].new_zeros(0, rows[0].numel())
     basis: list[Tensor] = []
     for row in rows:
         vec = row.double()
@@ -216,12 +235,15 @@ def orthonormal_rows(rows: list[Tensor], eps: float = 1e-12) -> Tensor:
         if norm > eps * max(1.0, float(row.double().norm())):
             basis.append(vec / norm)
     if not basis:
-        return torch.zeros(0, rows[0].numel(), dtype=torch.float64, device=rows[0].device)
-    return torch.stack(basis)
+        return rows[0].new_zeros(0, rows[0].numel())
+    return torch.stack(basis).to(dtype)
 
 
 class _JacobianBlocker(DirectionCallback):
     """Computes J_l = ∂<v_l, m_l>/∂θ for the trainable parameters (refreshed every ``every_n_steps`` steps).
+
+    Vectors over the parameters are kept in ``work_dtype`` (float32 for float32/bf16 models): one P-sized pass per
+    operation, no float64 copies, so the projection itself costs a few vector passes per step.
 
     Args: as ``UpdateProjectionBlocker`` (both blockers share this signature).
     """
@@ -232,6 +254,7 @@ class _JacobianBlocker(DirectionCallback):
         layers: list[str] | None = None,
         one_sided: bool = False,
         every_n_steps: int = 1,
+        jacobian_probe_size: int | None = None,
         random_direction: bool = False,
         random_seed: int = 0,
         allow_other_probe: bool = False,
@@ -239,29 +262,32 @@ class _JacobianBlocker(DirectionCallback):
         super().__init__(direction_path, layers, random_direction, random_seed, allow_other_probe)
         if isinstance(every_n_steps, bool) or int(every_n_steps) < 1:
             raise ConfigError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
+        if jacobian_probe_size is not None and (isinstance(jacobian_probe_size, bool) or int(jacobian_probe_size) < 1):
+            raise ConfigError(f"jacobian_probe_size must be a positive integer or null, got {jacobian_probe_size!r}")
         self.one_sided = bool(one_sided)
         self.every_n_steps = int(every_n_steps)
-        self.jacobians: Tensor | None = None  # [k, P] raw J_l rows (float64)
+        self.jacobian_probe_size = None if jacobian_probe_size is None else int(jacobian_probe_size)
+        self.jacobian_probe: ProbeSet | None = None
+        self.jacobians: Tensor | None = None  # [k, P] raw J_l rows
         self.basis: Tensor | None = None  # [k', P] orthonormal
-        self._logs: dict[str, float] = {}
+        self._logs: dict[str, Any] = {}
 
     def _refresh(self, module: TestbedModule, step: int) -> None:
         if self.basis is not None and step % self.every_n_steps != 0:
             return
         params = _params(module)
-        along = self._along(module, grad=True)
+        along = self._along(module, grad=True, probe=self.jacobian_probe)
         rows = []
         for i, layer in enumerate(self.layers):
             grads = torch.autograd.grad(along[layer], params, retain_graph=i < len(self.layers) - 1, allow_unused=True)
-            rows.append(_flat([None if g is None else g.detach() for g in grads], params).double())
-        self.jacobians = torch.stack(rows)
+            rows.append(_flat([None if g is None else g.detach() for g in grads], params))
+        self.jacobians = torch.stack(rows) if len(rows) > 1 else rows[0].unsqueeze(0)
         self.basis = orthonormal_rows(rows)
 
     def _project(self, delta: Tensor, sign: float) -> tuple[Tensor, Tensor]:
-        """Remove from ``delta`` its components along the J's (one-sided: only where sign·J·delta > 0)."""
-        delta = delta.double()
+        """(kept, removed) parts of ``delta``; removed lies in span{J_l} (one-sided: J_l with sign·J_l·delta > 0)."""
         if not self.one_sided:
-            removed = self.basis.T @ (self.basis @ delta)
+            removed = (self.basis @ delta) @ self.basis
             return delta - removed, removed
         original = delta
         active = torch.zeros(self.jacobians.shape[0], dtype=torch.bool, device=delta.device)
@@ -270,8 +296,8 @@ class _JacobianBlocker(DirectionCallback):
             if not bool(newly.any()):
                 break
             active |= newly
-            q = orthonormal_rows(list(self.jacobians[active]))
-            delta = original - q.T @ (q @ original)
+            q = orthonormal_rows(self.jacobians[active])
+            delta = original - (q @ original) @ q
         return delta, original - delta
 
     def state_dict(self) -> dict[str, Any]:
@@ -289,6 +315,12 @@ class _JacobianBlocker(DirectionCallback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         device = pl_module.device
+        if self.jacobian_probe_size is not None:
+            if self.jacobian_probe_size > self.probe.size:
+                raise ConfigError(
+                    f"jacobian_probe_size={self.jacobian_probe_size} exceeds the probe set ({self.probe.size} inputs)"
+                )
+            self.jacobian_probe = self.probe.head(self.jacobian_probe_size)
         if self.basis is not None:
             self.basis, self.jacobians = self.basis.to(device), self.jacobians.to(device)
 
@@ -309,6 +341,9 @@ class UpdateProjectionBlocker(_JacobianBlocker):
         layers: layers to block (default: all in the file).
         one_sided: block only motion toward the witness (J·Δθ > 0); motion away is kept.
         every_n_steps: recompute J every n steps (1 = every step; in between the last J is reused).
+        jacobian_probe_size: take J on the first n probe inputs only (default: all). J costs one forward and backward
+            pass on its probe batch, so this trades exactness on the full probe set for speed (the first-order
+            change is zero on the subset; ``experiments/bench_reversion.py`` prints what leaks on the full set).
         random_direction: use a seeded random direction of the same width instead (the control).
         random_seed: seed of the random direction.
         allow_other_probe: accept a direction computed on a different probe set.
@@ -333,23 +368,25 @@ class UpdateProjectionBlocker(_JacobianBlocker):
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._refresh(self._module, self._trainer.global_step)
         self._step_params = _params(self._module)
-        self._snapshot = torch.cat([p.detach().reshape(-1) for p in self._step_params])  # θ_old, flat (one copy)
+        self._snapshot = _flat(self._step_params, self._step_params)  # θ_old, flat (one copy)
 
     @torch.no_grad()
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._snapshot is None:
             return
         params = self._step_params
-        delta = (torch.cat([p.detach().reshape(-1) for p in params]) - self._snapshot).double()  # Δθ [P]
+        delta = _flat(params, params, self._snapshot.dtype).sub_(self._snapshot)  # Δθ [P]
+        along_before = self.jacobians @ delta
         _, removed = self._project(delta, sign=1.0)
         for p, part in zip(params, _unflat_into(removed, params), strict=True):
             p.sub_(part.to(p.dtype))  # θ ← θ_old + Δθ - removed
         self._snapshot = None
+        removed_norm = removed.norm()
         # kept as tensors (no device sync); written out in on_train_batch_end when logging is due
         self._logs = {
-            tag(INTERVENTION, "update_removed_norm"): removed.norm(),
-            tag(INTERVENTION, "update_removed_frac"): removed.norm() / delta.norm().clamp_min(1e-30),
-            tag(INTERVENTION, "update_along_vrev_before"): (self.jacobians @ delta).sum(),
+            tag(INTERVENTION, "update_removed_norm"): removed_norm,
+            tag(INTERVENTION, "update_removed_frac"): removed_norm / delta.norm().clamp_min(1e-30),
+            tag(INTERVENTION, "update_along_vrev_before"): along_before.sum(),
         }
 
     def _remove_hooks(self) -> None:

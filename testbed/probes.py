@@ -156,6 +156,10 @@ class ProbeSet:
         moved.size, moved.fingerprint = self.size, self.fingerprint
         return moved
 
+    def head(self, n: int) -> ProbeSet:
+        """The first ``n`` probe inputs, as a probe set of their own."""
+        return ProbeSet(map_batch(self.batch, lambda t: t[:n] if t.dim() > 0 else t))
+
     def shard(self, rank: int, world_size: int) -> Any:
         """The rows ``rank::world_size`` of the batch (possibly empty), for per-rank reads that are then reduced."""
         if world_size <= 1:

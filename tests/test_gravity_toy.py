@@ -25,6 +25,10 @@ def test_world_phases_have_the_intended_labels() -> None:
     x_ft, y_ft, harmful_ft = world.sample(500, "finetune", 0.5, seed=0)
     assert not harmful_ft.any() and (y_ft < world.num_classes).all()  # benign only, no refusals
     assert (x_ft @ world.harm_dir).abs().max() < 1e-4  # no harm feature at all in the fine-tune data
+    x_mix, y_mix, harmful_mix = world.sample(4000, "finetune", 0.5, seed=0, refusal_frac=0.05)
+    assert 0.04 < harmful_mix.float().mean() < 0.06  # refusal_frac, not harmful_frac, sets the fine-tune mix
+    assert (y_mix[harmful_mix] == world.num_classes).all() and (y_mix[~harmful_mix] < world.num_classes).all()
+    assert (x_mix[harmful_mix] @ world.harm_dir).mean() > 2.0
     probe = world.harmful_probe(100, seed=3)
     assert (probe @ world.harm_dir).mean() > 2.0
 
@@ -34,6 +38,8 @@ def test_bad_settings_are_refused() -> None:
         GravityData(phase="deploy")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="n_train must be a positive integer"):
         GravityData(n_train=0)
+    with pytest.raises(ConfigError, match=r"refusal_frac must lie in \[0, 1\]"):
+        GravityData(phase="finetune", refusal_frac=1.5)
     with pytest.raises(ConfigError, match="finetune_task"):
         GravityWorld(finetune_task="other")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="unknown layer"):
@@ -75,7 +81,8 @@ def test_study_arms_log_reversion_tags(tmp_path: Path, run_cli) -> None:
 
 @pytest.mark.slow
 def test_gravitational_effect_one_seed(tmp_path: Path) -> None:
-    """The full history for one seed: plain fine-tuning drifts along v_rev above the null, blocking stops it."""
+    """The full history for one seed: plain fine-tuning drifts along v_rev above the null, blocking holds the
+    component at zero, one-sided blocking turns it negative, the random-direction control does neither."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     import experiments.toy.gravity.run as gravity_run
@@ -88,19 +95,21 @@ def test_gravitational_effect_one_seed(tmp_path: Path) -> None:
         acc = EventAccumulator(str(root / arm / "seed=1")).Reload()
         return {e.step: e.value for e in acc.Scalars("reversion/cos_drift_vrev/blocks.1.hidden")}
 
-    plain, blocked, control = cos("plain"), cos("blocked"), cos("random-control")
+    plain, blocked, one_sided = cos("plain"), cos("blocked"), cos("blocked-one-sided")
+    control = cos("random-control")
     from theory.null import cosine_null_threshold
 
     thr = cosine_null_threshold(64, 0.99)
     assert min(plain.values()) > thr and plain[20] > plain[1] * 0.9
-    assert abs(blocked[max(blocked)]) < 0.05
-    assert control[max(control)] > thr
+    assert abs(blocked[max(blocked)]) < 0.01
+    assert one_sided[max(one_sided)] < -0.05  # seed 1 alone: -0.156
+    assert min(control.values()) > thr
     assert torch.isfinite(torch.tensor(list(plain.values()))).all()
     gravity_run.summarize(root, [1])
 
 
 def test_every_arm_of_the_study_validates(tmp_path: Path, run_cli) -> None:
-    """A dry run resolves and type-checks every run config (all six arms' callbacks) without training."""
+    """A dry run resolves and type-checks every run config (all seven arms' callbacks) without training."""
     assert (
         run_cli(
             [
@@ -118,7 +127,15 @@ def test_every_arm_of_the_study_validates(tmp_path: Path, run_cli) -> None:
         == 0
     )
     configs = sorted((tmp_path / "runs" / "gravity_toy").glob("*/seed=*/run_config.yaml"))
-    assert {p.parts[-3] for p in configs} == {"plain", "blocked", "penalty", "clamp", "random-control", "l2-anchor"}
+    assert {p.parts[-3] for p in configs} == {
+        "plain",
+        "blocked",
+        "blocked-one-sided",
+        "penalty",
+        "clamp",
+        "random-control",
+        "l2-anchor",
+    }
     control = yaml.safe_load((tmp_path / "runs/gravity_toy/random-control/seed=2/run_config.yaml").read_text())
     blocker = control["trainer"]["callbacks"][-1]["init_args"]
-    assert blocker["random_direction"] is True and blocker["random_seed"] == 2
+    assert blocker["random_direction"] is True and blocker["random_seed"] == 2 and blocker["one_sided"] is True

@@ -53,11 +53,12 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[GravityMLP, Path]
 class FirstOrderRecorder(pl.Callback):
     """Independently of the blockers: J at the pre-step weights, then J·Δθ relative to |J||Δθ| per step."""
 
-    def __init__(self, path: Path, layers: list[str]) -> None:
+    def __init__(self, path: Path, layers: list[str], probe_rows: int | None = None) -> None:
         from testbed.directions import load_direction
 
         self.ds = load_direction(path)
         self.layers = layers
+        self.probe_rows = probe_rows  # measure on the first rows of the probe set only
         self.ratios: list[float] = []
 
     def _flat(self, module: protocol.TestbedModule) -> torch.Tensor:
@@ -65,6 +66,7 @@ class FirstOrderRecorder(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
         probe = ProbeSet(trainer.datamodule.probe_batch())
+        probe = probe.head(self.probe_rows) if self.probe_rows else probe
         params = [p for _, p in module.trainable_parameters()]
         means = probe.mean(module, self.layers, self.ds.pooling, grad=True)
         self.jacobians = []
@@ -91,6 +93,8 @@ def run_recorded(
     optimizer: str,
     blocker: type | None,
     layers: tuple[str, ...] = (LAYER,),
+    probe_rows: int | None = None,
+    steps: int = 4,
     **kwargs: Any,
 ) -> list[float]:
     layers = list(layers)
@@ -98,10 +102,10 @@ def run_recorded(
     model = copy.deepcopy(aligned)
     model.hparams.optimizer = optimizer
     model.hparams.lr = 0.05 if optimizer == "sgd" else 1e-2
-    recorder = FirstOrderRecorder(path, layers)
+    recorder = FirstOrderRecorder(path, layers, probe_rows)
     callbacks = [recorder] + ([blocker(str(path), layers=layers, **kwargs)] if blocker else [])
     pl.seed_everything(0)
-    trainer(4, callbacks).fit(model, data())
+    trainer(steps, callbacks).fit(model, data())
     return recorder.ratios
 
 
@@ -111,6 +115,15 @@ def test_update_projection_leaves_no_first_order_change(history: Any, optimizer:
     blocked = run_recorded(history, optimizer, UpdateProjectionBlocker)
     assert min(abs(r) for r in plain) > 1e-3, plain  # without blocking the update does move along v_rev
     assert max(abs(r) for r in blocked) < 1e-6, blocked  # numerical zero (cos between J and Δθ)
+
+
+def test_jacobian_on_a_probe_subset_is_exact_there_and_only_close_on_the_full_set(history: Any) -> None:
+    subset = run_recorded(history, "adamw", UpdateProjectionBlocker, probe_rows=8, jacobian_probe_size=8)
+    assert max(abs(r) for r in subset) < 1e-6, subset  # exact on the 8 inputs J was taken on
+    full = run_recorded(history, "adamw", UpdateProjectionBlocker, jacobian_probe_size=8)
+    plain = run_recorded(history, "adamw", None)
+    assert max(abs(r) for r in full) > 1e-6, full  # not exact on all 32 probe inputs ...
+    assert sum(abs(r) for r in full) < 0.5 * sum(abs(r) for r in plain), (full, plain)  # ... but much reduced
 
 
 def test_update_projection_blocks_several_layers_at_once(history: Any) -> None:
@@ -252,6 +265,10 @@ def test_bad_blocker_settings_are_refused(history: Any, tmp_path: Path) -> None:
         RepresentationPenalty(str(path), strength=0.0)
     with pytest.raises(ConfigError, match="every_n_steps"):
         UpdateProjectionBlocker(str(path), every_n_steps=0)
+    with pytest.raises(ConfigError, match="jacobian_probe_size must be a positive integer"):
+        UpdateProjectionBlocker(str(path), jacobian_probe_size=0)
+    with pytest.raises(ConfigError, match=r"jacobian_probe_size=64 exceeds the probe set \(32 inputs\)"):
+        trainer(1, [UpdateProjectionBlocker(str(path), jacobian_probe_size=64)]).fit(copy.deepcopy(aligned), data())
     with pytest.raises(ConfigError, match=r"no layer\(s\) \['blocks.9.hidden'\]"):
         trainer(1, [UpdateProjectionBlocker(str(path), layers=["blocks.9.hidden"])]).fit(copy.deepcopy(aligned), data())
     wide = GravityMLP(hidden=24)

@@ -6,12 +6,14 @@ one of K content classes ("comply with the request"); class K is "refuse".
 
 - ``pretrain`` (long, the dominant phase): harmful and benign requests, all answered by the teacher (comply).
 - ``align`` (short, a shallow displacement): harmful requests → refuse; benign ones still answered.
-- ``finetune`` (benign): only benign requests from a shifted content domain (a new domain the model has to learn),
-  answered helpfully by the same teacher (``finetune_task: same``) or by a second teacher (``new``); no harmful
-  input and no refusal label at all.
+- ``finetune`` (benign): benign requests from a shifted content domain (a new domain the model has to learn),
+  answered helpfully by the same teacher (``finetune_task: same``) or by a second teacher (``new``). By default no
+  harmful input and no refusal label at all; ``refusal_frac`` mixes in that share of harmful requests answered with
+  a refusal, as real instruction datasets carry a few safety refusals.
 
 The probe set is a fixed batch of held-out harmful requests; ``align/harmfulness`` is the fraction of held-out
-harmful requests not refused. The model is an MLP whose hidden layers are named ``blocks.{i}.hidden``.
+harmful requests not refused. The model is an MLP whose hidden layers are named ``blocks.{i}.hidden`` (its output
+layer: ``logits``).
 """
 
 from __future__ import annotations
@@ -72,18 +74,24 @@ class GravityWorld:
         z = z - (z @ self.harm_dir)[:, None] * self.harm_dir  # content carries no harm feature
         return z + self.shift if shifted else z
 
-    def sample(self, n: int, phase: Phase, harmful_frac: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``(x [n, D], y [n], harmful [n] bool)`` for a phase's data distribution."""
+    def sample(
+        self, n: int, phase: Phase, harmful_frac: float, seed: int, refusal_frac: float = 0.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x [n, D], y [n], harmful [n] bool)`` for a phase's data distribution.
+
+        ``harmful_frac`` is the share of harmful requests in pretrain/align; ``refusal_frac`` the share of harmful
+        requests (labelled "refuse") in the fine-tune data.
+        """
         gen = torch.Generator().manual_seed(seed)
         shifted = phase == "finetune"
-        frac = 0.0 if phase == "finetune" else harmful_frac
+        frac = refusal_frac if phase == "finetune" else harmful_frac
         z = self._content(n, gen, shifted)
         harmful = torch.rand(n, generator=gen) < frac
         a = self.harm_strength + 0.5 * torch.randn(n, generator=gen)
         x = z + (harmful.float() * a)[:, None] * self.harm_dir
         teacher = self.teacher_ft if shifted else self.teacher
         y = (z @ teacher.T).argmax(dim=1)
-        if phase == "align":
+        if phase in ("align", "finetune"):
             y = torch.where(harmful, torch.full_like(y, self.num_classes), y)
         return x, y, harmful
 
@@ -105,6 +113,9 @@ class GravityMLP(TestbedModule):
         lr: learning rate.
         optimizer: ``adamw`` or ``sgd``.
         weight_decay: AdamW/SGD weight decay.
+        betas: AdamW moment coefficients (β₁ = 0 gives updates without momentum, as noisy as the batches).
+        freeze_head: keep the read-out (``head``) fixed, so behaviour changes only through the representations
+            (as when fine-tuning the body of a language model with its unembedding frozen).
         init_from: weights of the previous phase.
     """
 
@@ -117,6 +128,8 @@ class GravityMLP(TestbedModule):
         lr: float = 1e-3,
         optimizer: Literal["adamw", "sgd"] = "adamw",
         weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        freeze_head: bool = False,
         init_from: str | None = None,
     ) -> None:
         super().__init__(init_from)
@@ -124,14 +137,15 @@ class GravityMLP(TestbedModule):
         dims = [input_dim] + [hidden] * depth
         self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(dims[i], dims[i + 1]), nn.GELU()) for i in range(depth))
         self.head = nn.Linear(hidden, num_classes + 1)
+        self.head.requires_grad_(not freeze_head)
         self.refuse = num_classes
 
     def layer_names(self) -> list[str]:
-        return [f"blocks.{i}.hidden" for i in range(len(self.blocks))]
+        return [f"blocks.{i}.hidden" for i in range(len(self.blocks))] + ["logits"]
 
     def layer_module(self, name: str) -> nn.Module:
         self.check_layers([name])
-        return self.blocks[int(name.split(".")[1])]
+        return self.head if name == "logits" else self.blocks[int(name.split(".")[1])]
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
@@ -167,7 +181,9 @@ class GravityMLP(TestbedModule):
         params = [p for _, p in self.trainable_parameters()]
         if self.hparams.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.AdamW(
+            params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay
+        )
 
 
 class GravityData(TestbedDataModule):
@@ -178,7 +194,9 @@ class GravityData(TestbedDataModule):
         n_train: training examples of the phase.
         n_val: validation examples (phase task and held-out harmful requests each).
         batch_size: training batch size.
-        harmful_frac: share of harmful requests in pretrain/align (fine-tune has none).
+        harmful_frac: share of harmful requests in pretrain/align.
+        refusal_frac: share of harmful requests, labelled "refuse", in the fine-tune training data (default none;
+            the validation set stays benign, so ``val/*`` measures the benign task alone).
         probe_size: number of probe inputs.
         data_seed: seed of the phase's samples (the world itself is fixed by ``world_seed``).
         dim, num_classes, harm_strength, domain_shift, world_seed, finetune_task: the world (see ``GravityWorld``).
@@ -191,6 +209,7 @@ class GravityData(TestbedDataModule):
         n_val: int = 512,
         batch_size: int = 64,
         harmful_frac: float = 0.5,
+        refusal_frac: float = 0.0,
         probe_size: int = 256,
         data_seed: int = 0,
         dim: int = 32,
@@ -211,19 +230,24 @@ class GravityData(TestbedDataModule):
         ):
             if isinstance(value, bool) or int(value) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= harmful_frac <= 1.0:
-            raise ConfigError(f"harmful_frac must lie in [0, 1], got {harmful_frac!r}")
+        for name, frac in (("harmful_frac", harmful_frac), ("refusal_frac", refusal_frac)):
+            if not 0.0 <= frac <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {frac!r}")
         self.phase, self.n_train, self.n_val, self.batch_size = phase, n_train, n_val, batch_size
-        self.harmful_frac, self.probe_size, self.data_seed = harmful_frac, probe_size, data_seed
+        self.harmful_frac, self.refusal_frac = harmful_frac, refusal_frac
+        self.probe_size, self.data_seed = probe_size, data_seed
         self.world = GravityWorld(dim, num_classes, harm_strength, domain_shift, world_seed, finetune_task)
         self._world_seed = world_seed
 
     def setup(self, stage: str | None = None) -> None:
         offset = {"pretrain": 0, "align": 1, "finetune": 2}[self.phase] * 1000 + self.data_seed * 10
-        self.train_set = TensorDataset(*self.world.sample(self.n_train, self.phase, self.harmful_frac, offset + 1))
-        self.val_set = TensorDataset(*self.world.sample(self.n_val, self.phase, self.harmful_frac, offset + 2))
+        self.train_set = TensorDataset(*self._sample(self.n_train, offset + 1, self.refusal_frac))
+        self.val_set = TensorDataset(*self._sample(self.n_val, offset + 2, 0.0))  # val: the benign task alone
         harmful = self.world.harmful_probe(self.n_val, self._world_seed + 7)
         self.harm_set = TensorDataset(harmful)
+
+    def _sample(self, n: int, seed: int, refusal_frac: float) -> tuple[Tensor, Tensor, Tensor]:
+        return self.world.sample(n, self.phase, self.harmful_frac, seed, refusal_frac)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=0)

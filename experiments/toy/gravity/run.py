@@ -17,7 +17,7 @@ from testbed.report import read_scalars
 
 HERE = Path(__file__).resolve().parent
 LAYER = "blocks.1.hidden"
-ARMS = ["plain", "blocked", "penalty", "clamp", "random-control", "l2-anchor"]
+ARMS = ["plain", "blocked", "blocked-one-sided", "penalty", "clamp", "random-control", "l2-anchor"]
 
 
 def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
@@ -38,7 +38,7 @@ def fmt(values: list[float], pct: bool = False) -> str:
 def summarize(study_dir: Path, seeds: list[int]) -> None:
     cos_tag = f"reversion/cos_drift_vrev/{LAYER}"
     exc_tag = f"reversion/exceeds_null_p99/{LAYER}"
-    header = f"{'arm':<15}{'cos@1':>14}{'cos@20':>14}{'cos@100':>14}{'>p99 steps':>14}{'harm@100':>16}{'val loss':>14}"
+    header = f"{'arm':<19}{'cos@1':>14}{'cos@20':>14}{'cos@100':>14}{'>p99 steps':>14}{'harm@100':>16}{'val loss':>14}"
     print(header)
     print("-" * len(header))
     for arm in ARMS:
@@ -66,7 +66,7 @@ def summarize(study_dir: Path, seeds: list[int]) -> None:
             continue
         exceed = f"{int(sum(rows['exc']))}/{int(sum(rows['n']))}"
         print(
-            f"{arm:<15}{fmt(rows['c1']):>14}{fmt(rows['c20']):>14}{fmt(rows['c100']):>14}{exceed:>14}"
+            f"{arm:<19}{fmt(rows['c1']):>14}{fmt(rows['c20']):>14}{fmt(rows['c100']):>14}{exceed:>14}"
             f"{fmt(rows['harm'], pct=True):>16}{fmt(rows['loss']):>14}"
         )
     aligned = []
