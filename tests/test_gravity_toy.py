@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from testbed.errors import ConfigError
+from testbed.probes import ProbeSet
 from toy_models.gravity import GravityData, GravityMLP, GravityWorld
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +45,14 @@ def test_bad_settings_are_refused() -> None:
         GravityWorld(finetune_task="other")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="unknown layer"):
         GravityMLP().layer_module("blocks.5.hidden")
+
+
+def test_logits_layer_reads_the_model_output() -> None:
+    model = GravityMLP(hidden=16)
+    x = GravityWorld().harmful_probe(8, seed=0)
+    reps = ProbeSet(x).read(model, ["logits", "blocks.1.hidden"], pooling="mean")
+    assert torch.allclose(reps["logits"], model(x), atol=1e-6)
+    assert reps["blocks.1.hidden"].shape == (8, 16)
 
 
 def _tiny_study(tmp_path: Path, seeds: list[int], steps: dict[str, int], arms: list[str]) -> Path:

@@ -113,9 +113,6 @@ class GravityMLP(TestbedModule):
         lr: learning rate.
         optimizer: ``adamw`` or ``sgd``.
         weight_decay: AdamW/SGD weight decay.
-        betas: AdamW moment coefficients (β₁ = 0 gives updates without momentum, as noisy as the batches).
-        freeze_head: keep the read-out (``head``) fixed, so behaviour changes only through the representations
-            (as when fine-tuning the body of a language model with its unembedding frozen).
         init_from: weights of the previous phase.
     """
 
@@ -128,8 +125,6 @@ class GravityMLP(TestbedModule):
         lr: float = 1e-3,
         optimizer: Literal["adamw", "sgd"] = "adamw",
         weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        freeze_head: bool = False,
         init_from: str | None = None,
     ) -> None:
         super().__init__(init_from)
@@ -137,7 +132,6 @@ class GravityMLP(TestbedModule):
         dims = [input_dim] + [hidden] * depth
         self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(dims[i], dims[i + 1]), nn.GELU()) for i in range(depth))
         self.head = nn.Linear(hidden, num_classes + 1)
-        self.head.requires_grad_(not freeze_head)
         self.refuse = num_classes
 
     def layer_names(self) -> list[str]:
@@ -181,9 +175,7 @@ class GravityMLP(TestbedModule):
         params = [p for _, p in self.trainable_parameters()]
         if self.hparams.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        return torch.optim.AdamW(
-            params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay
-        )
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
 class GravityData(TestbedDataModule):
