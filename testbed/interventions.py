@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from testbed.directions import DirectionSet, load_direction
-from testbed.errors import ConfigError
+from testbed.errors import ConfigError, positive_int
 from testbed.metrics import NULL_LEVELS, DriftAlignment, HarmfulnessHook, NullExceedance, evaluate_hook, level_name
 from testbed.probes import ProbeSet
 from testbed.protocol import TestbedModule, _stream
@@ -260,13 +260,9 @@ class _JacobianBlocker(DirectionCallback):
         allow_other_probe: bool = False,
     ) -> None:
         super().__init__(direction_path, layers, random_direction, random_seed, allow_other_probe)
-        if isinstance(every_n_steps, bool) or int(every_n_steps) < 1:
-            raise ConfigError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
-        if jacobian_probe_size is not None and (isinstance(jacobian_probe_size, bool) or int(jacobian_probe_size) < 1):
-            raise ConfigError(f"jacobian_probe_size must be a positive integer or null, got {jacobian_probe_size!r}")
         self.one_sided = bool(one_sided)
-        self.every_n_steps = int(every_n_steps)
-        self.jacobian_probe_size = None if jacobian_probe_size is None else int(jacobian_probe_size)
+        self.every_n_steps = positive_int("every_n_steps", every_n_steps)
+        self.jacobian_probe_size = positive_int("jacobian_probe_size", jacobian_probe_size, allow_none=True)
         self.jacobian_probe: ProbeSet | None = None
         self.jacobians: Tensor | None = None  # [k, P] raw J_l rows
         self.basis: Tensor | None = None  # [k', P] orthonormal
@@ -650,11 +646,9 @@ class ReversionMonitor(DirectionCallback):
         allow_other_probe: bool = False,
     ) -> None:
         super().__init__(direction_path, layers, random_direction, random_seed, allow_other_probe)
-        if isinstance(every_n_steps, bool) or int(every_n_steps) < 1:
-            raise ConfigError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
+        self.every_n_steps = positive_int("every_n_steps", every_n_steps)
         if reference not in ("start", "file"):
             raise ConfigError(f"reference must be 'start' or 'file', got {reference!r}")
-        self.every_n_steps = int(every_n_steps)
         self.steps = set(int(s) for s in (steps or []))
         self.reference = reference
         self.null_levels = tuple(null_levels or NULL_LEVELS)

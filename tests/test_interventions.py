@@ -94,7 +94,6 @@ def run_recorded(
     blocker: type | None,
     layers: tuple[str, ...] = (LAYER,),
     probe_rows: int | None = None,
-    steps: int = 4,
     **kwargs: Any,
 ) -> list[float]:
     layers = list(layers)
@@ -105,7 +104,7 @@ def run_recorded(
     recorder = FirstOrderRecorder(path, layers, probe_rows)
     callbacks = [recorder] + ([blocker(str(path), layers=layers, **kwargs)] if blocker else [])
     pl.seed_everything(0)
-    trainer(steps, callbacks).fit(model, data())
+    trainer(4, callbacks).fit(model, data())
     return recorder.ratios
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from testbed.errors import ConfigError
+from testbed.errors import ConfigError, positive_int
 from testbed.protocol import TestbedDataModule, TestbedModule
 from testbed.tags import ALIGN, TASK_TRAIN, TASK_VAL, tag
 
@@ -220,8 +220,7 @@ class GravityData(TestbedDataModule):
             ("batch_size", batch_size),
             ("probe_size", probe_size),
         ):
-            if isinstance(value, bool) or int(value) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, value)
         for name, frac in (("harmful_frac", harmful_frac), ("refusal_frac", refusal_frac)):
             if not 0.0 <= frac <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {frac!r}")
