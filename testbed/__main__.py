@@ -13,7 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from testbed.errors import TestbedError
+from testbed.errors import TestbedError, one_line, testbed_cause
 
 # verb -> "module:function"; imported lazily so `fit` does not pay for report/plotting imports.
 ORCHESTRATION_VERBS = {
@@ -60,38 +60,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         run_verb(argv)
     except (TestbedError, ArgumentError) as exc:
-        print(f"testbed: error: {_one_message(exc)}", file=sys.stderr)
+        print(f"testbed: error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except (ValueError, TypeError) as exc:
         # jsonargparse wraps an error raised in a model's/datamodule's __init__ (e.g. ConfigError for k >= d) into a
         # ValueError listing union subtypes; report the TestbedError underneath as the one message.
-        cause = _testbed_cause(exc)
+        cause = testbed_cause(exc)
         if cause is None:
             raise
-        print(f"testbed: error: {_one_message(cause)}", file=sys.stderr)
+        print(f"testbed: error: {one_line(cause)}", file=sys.stderr)
         sys.exit(2)
-
-
-def _testbed_cause(exc: BaseException) -> TestbedError | None:
-    """The first TestbedError in the cause/context chain of ``exc``, if any."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, TestbedError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _one_message(exc: BaseException) -> str:
-    """The error text without jsonargparse's repeated nested detail (kept to the first few lines)."""
-    noise = (
-        "Union subtypes", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "Given value type", "NestedArg(",
-        "Subclass types expect one of", "- a class path (str)", "- a dict with",
-    )
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    lines = [line for line in lines if not any(n in line for n in noise)]
-    return " | ".join(lines[:8]) + (" | ..." if len(lines) > 8 else "")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,27 @@
-"""User-facing errors: the CLI prints their message on one line and exits with status 2."""
+"""User-facing errors and the checks that raise them: the CLI prints one line and exits with status 2.
+
+Every setting check in the testbed goes through the helpers here (``positive_int``, ``positive_number``,
+``fraction``, ``one_of``), so the same mistake gets the same words wherever it is made, and
+``one_line`` is the single place that turns an exception (ours, jsonargparse's or Lightning's) into that line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "TestbedError",
+    "ConfigError",
+    "CheckpointError",
+    "positive_int",
+    "positive_number",
+    "fraction",
+    "one_of",
+    "one_line",
+    "testbed_cause",
+]
 
 
 class TestbedError(Exception):
@@ -13,11 +36,73 @@ class CheckpointError(TestbedError):
     """A file is missing, unreadable, unsafe, or not the kind of checkpoint expected."""
 
 
-def positive_int(name: str, value: object, allow_none: bool = False) -> int | None:
-    """``value`` as an int if it is a positive integer (or ``None`` when allowed), else a ``ConfigError``."""
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def positive_int(name: str, value: object, allow_none: bool = False, allow_zero: bool = False) -> int | None:
+    """``value`` as an int if it is a positive integer (or 0 / ``None`` when allowed), else a ``ConfigError``."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or int(value) < 1:  # type: ignore[call-overload]
-        suffix = " or null" if allow_none else ""
-        raise ConfigError(f"{name} must be a positive integer{suffix}, got {value!r}")
-    return int(value)
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value >= 1)
+    if not ok:
+        what = "a non-negative integer" if allow_zero else "a positive integer"
+        raise ConfigError(f"{name} must be {what}{' or null' if allow_none else ''}, got {value!r}")
+    return int(value)  # type: ignore[arg-type]
+
+
+def positive_number(name: str, value: object, allow_zero: bool = False, allow_none: bool = False) -> float | None:
+    """``value`` as a float if it is a finite number > 0 (>= 0 with ``allow_zero``), else a ``ConfigError``."""
+    if value is None and allow_none:
+        return None
+    ok = _is_number(value) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)  # type: ignore[arg-type]
+    if not ok:
+        raise ConfigError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def fraction(name: str, value: object, open_low: bool = False, open_high: bool = False) -> float:
+    """``value`` as a float in [0, 1] (ends excluded on request), else a ``ConfigError``."""
+    ok = _is_number(value) and math.isfinite(value)  # type: ignore[arg-type]
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = (v > 0 if open_low else v >= 0) and (v < 1 if open_high else v <= 1)
+    if not ok:
+        interval = f"{'(' if open_low else '['}0, 1{')' if open_high else ']'}"
+        raise ConfigError(f"{name} must lie in {interval}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def one_of(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``choices``, else a ``ConfigError`` listing them."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+# Lines of jsonargparse's nested error reports that repeat the same problem for every union member.
+_NOISE = (
+    "Union subtypes", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "Given value type", "NestedArg(",
+    "Subclass types expect one of", "- a class path (str)", "- a dict with",
+)  # fmt: skip
+
+
+def one_line(exc: BaseException, max_parts: int = 8) -> str:
+    """The message of ``exc`` on one line: blank and repeated jsonargparse detail dropped, parts joined by `` | ``."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    lines = [line for line in lines if not any(n in line for n in _NOISE)]
+    if not lines:
+        return type(exc).__name__
+    return " | ".join(lines[:max_parts]) + (" | ..." if len(lines) > max_parts else "")
+
+
+def testbed_cause(exc: BaseException | None) -> TestbedError | None:
+    """The first ``TestbedError`` in the cause/context chain of ``exc`` (itself included), if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, TestbedError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

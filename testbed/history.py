@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from testbed.errors import ConfigError, TestbedError
+from testbed.errors import ConfigError, TestbedError, one_line
 from testbed.io import atomic_write_text
 from testbed.study_config import (
     ArmSpec,
@@ -227,13 +227,6 @@ def build_plan(study: Study) -> Plan:
 # ---- checks before running ----------------------------------------------------------------------------------
 
 
-def _first_lines(exc: BaseException, n: int = 4) -> str:
-    noise = ("Union subtypes", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "Given value", "NestedArg(")
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    lines = [line for line in lines if not any(word in line for word in noise)]
-    return " | ".join(lines[:n]) or type(exc).__name__
-
-
 def check_configs(plan: Plan) -> None:
     """Parse each distinct phase/arm config with the ``fit`` parser (no instantiation): a broken config stops
     the study here, naming its phase, before any run starts."""
@@ -261,7 +254,7 @@ def check_configs(plan: Plan) -> None:
                     parser.parse_args(["--config", str(path)])
             except (ArgumentError, TestbedError, ValueError, TypeError, ImportError) as exc:
                 who = f"phase {run.phase!r}" + (f" arm {run.arm!r}" if run.arm else "")
-                raise ConfigError(f"{who}: invalid fit config: {_first_lines(exc)}") from None
+                raise ConfigError(f"{who}: invalid fit config: {one_line(exc, 4)}") from None
 
 
 # ---- running -------------------------------------------------------------------------------------------------
@@ -384,7 +377,7 @@ def _fit(run: Run, config_path: Path, quiet: bool) -> dict[str, Any]:
             cli = StudyCLI(args=["fit", "--config", str(config_path)])
     except (ArgumentError, TestbedError) as exc:
         raise TestbedError(
-            f"study stopped at {run.label}: {_first_lines(exc)} (finished runs are kept; re-run the study to resume)"
+            f"study stopped at {run.label}: {one_line(exc, 4)} (finished runs are kept; re-run the study to resume)"
         ) from None
     trainer = cli.trainer
     if trainer.state.status != TrainerStatus.FINISHED or trainer.interrupted:

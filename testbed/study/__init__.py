@@ -1,0 +1,1 @@
+"""Studies: a training history (shared phases → directions → final phase forked into arms) over seeds."""

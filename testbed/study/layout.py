@@ -1,0 +1,99 @@
+"""The one owner of run-folder names: where a study writes each run, and how a folder is read back.
+
+::
+
+    <runs_dir>/<study>/<arm>/seed=<s>/                 one arm (an arm name may hold "/", e.g. a sweep point)
+    <runs_dir>/<study>/_shared/<phase>/seed=<s>/       a shared phase
+    <runs_dir>/<study>/_shared/_directions/seed=<s>/   direction files (not a run)
+
+Inside a run folder: ``run_config.yaml`` (the resolved fit config), ``checkpoints/last.ckpt`` (the final
+weights) and ``DONE.json`` (written last, atomically: the run finished). Everything else in the testbed builds and
+parses these paths through this module.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "SHARED",
+    "DIRECTIONS",
+    "DONE",
+    "RUN_CONFIG",
+    "LAST_CHECKPOINT",
+    "RunKey",
+    "arm_version",
+    "shared_version",
+    "run_dir",
+    "direction_file",
+    "parse_run",
+    "is_finished",
+]
+
+SHARED = "_shared"
+DIRECTIONS = "_directions"
+DONE = "DONE.json"
+RUN_CONFIG = "run_config.yaml"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+_SEED = re.compile(r"^seed=(-?\d+)$")
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """What a run folder is: an arm (or a shared phase) and a seed.
+
+    Attributes:
+        arm: the arm name; for a shared phase ``_shared/<phase>``.
+        seed: the seed (0 for a folder without a ``seed=<s>`` part).
+        phase: the shared phase's name, or ``None`` for an arm.
+    """
+
+    arm: str
+    seed: int
+    phase: str | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.phase is not None
+
+
+def arm_version(arm: str, seed: int) -> str:
+    """The logger version (path below the study folder) of an arm's run."""
+    return f"{arm}/seed={int(seed)}"
+
+
+def shared_version(phase: str, seed: int) -> str:
+    """The logger version of a shared phase's run."""
+    return f"{SHARED}/{phase}/seed={int(seed)}"
+
+
+def run_dir(study_root: Path, key: RunKey) -> Path:
+    """The folder of the run ``key`` under the study folder."""
+    version = shared_version(key.phase, key.seed) if key.phase is not None else arm_version(key.arm, key.seed)
+    return Path(study_root) / version
+
+
+def direction_file(study_root: Path, name: str, seed: int) -> Path:
+    """Where the study keeps direction ``name`` for ``seed``."""
+    return Path(study_root) / SHARED / DIRECTIONS / f"seed={int(seed)}" / f"{name}.pt"
+
+
+def parse_run(study_root: Path, folder: Path) -> RunKey:
+    """The ``RunKey`` of ``folder`` (a run folder below ``study_root``, or ``study_root`` itself).
+
+    The last ``seed=<s>`` part is the seed; the other parts form the arm. A folder with no seed part is seed 0.
+    """
+    parts = Path(folder).resolve().relative_to(Path(study_root).resolve()).parts
+    seeds = [i for i, part in enumerate(parts) if _SEED.match(part)]
+    seed = int(_SEED.match(parts[seeds[-1]]).group(1)) if seeds else 0
+    rest = [part for i, part in enumerate(parts) if not seeds or i != seeds[-1]]
+    arm = "/".join(rest) or Path(study_root).name
+    phase = rest[1] if len(rest) == 2 and rest[0] == SHARED else None
+    return RunKey(arm, seed, phase)
+
+
+def is_finished(folder: Path) -> bool:
+    """Whether the run in ``folder`` finished (its ``DONE.json`` exists)."""
+    return (Path(folder) / DONE).is_file()
