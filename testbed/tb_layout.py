@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-LAYOUT_SUFFIX = ".study_layout"
+from testbed.study.layout import LAYOUT_SUFFIX  # noqa: E402,F401
 
 
 def scalar_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -23,6 +23,7 @@ __all__ = [
     "DONE",
     "RUN_CONFIG",
     "LAST_CHECKPOINT",
+    "LAYOUT_SUFFIX",
     "RunKey",
     "arm_version",
     "shared_version",
@@ -37,6 +38,8 @@ DIRECTIONS = "_directions"
 DONE = "DONE.json"
 RUN_CONFIG = "run_config.yaml"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+# Suffix of the study root's own event file (custom-scalars layout and HParams experiment): not a run.
+LAYOUT_SUFFIX = ".study_layout"
 _SEED = re.compile(r"^seed=(-?\d+)$")
 
 
