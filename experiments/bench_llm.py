@@ -29,7 +29,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from testbed.llm.module import IGNORE_INDEX, CausalLMModule  # noqa: E402
+from testbed.llm.models import IGNORE_INDEX  # noqa: E402
+from testbed.llm.module import CausalLMModule  # noqa: E402
 from testbed.protocol import TestbedDataModule  # noqa: E402
 
 LADDER_GPU = [  # (hidden, layers, heads, kv heads, intermediate): ~13B, ~7B, ~3B, ~1B parameters

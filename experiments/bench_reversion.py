@@ -44,7 +44,7 @@ from testbed.interventions import (
 )
 from testbed.probes import ProbeSet
 from testbed.protocol import TestbedDataModule
-from testbed.trainers import quiet_trainer
+from testbed.testing import quiet_trainer
 from toy_models.gravity import GravityData, GravityMLP
 
 

@@ -32,6 +32,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from testbed.errors import CheckpointError
 from testbed.io import atomic_torch_save, load_torch_file, looks_like_torch_file
+from testbed.strategies import ALL_FAMILIES
 
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 
@@ -98,8 +99,10 @@ class ResumableRng(pl.Callback):
 
     The states are put back as soon as Lightning restores the callbacks, which is before it builds the training
     DataLoader iterator (that draws a base seed, then the sampler draws the shuffle): the same order of draws as at
-    the start of the next epoch of an uninterrupted run.
+    the start of the next epoch of an uninterrupted run. Correct under every strategy (each process keeps its own).
     """
+
+    supported_strategies = ALL_FAMILIES
 
     def state_dict(self) -> dict[str, Any]:
         kind, keys, pos, has_gauss, cached = np.random.get_state()

@@ -196,17 +196,27 @@ def _assemble(
     )
 
 
+def random_unit_vectors(widths: Mapping[str, int], seed: int) -> dict[str, Tensor]:
+    """Seeded Gaussian unit vectors per layer, independent of the global RNG.
+
+    Layer i (in the order of ``widths``) draws from its own generator seeded with ``seed · 1000003 + i``, so a random
+    direction file and a blocker's ``random: true`` give the same vector for the same seed and layers.
+    """
+    out = {}
+    for i, (layer, width) in enumerate(widths.items()):
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
+        vec = torch.randn(int(width), generator=gen, dtype=torch.float64)
+        out[layer] = (vec / vec.norm()).float()
+    return out
+
+
 def random_directions(
     module: TestbedModule, probe_batch: Any, layers: Sequence[str], pooling: Pooling = "mean", seed: int = 0
 ) -> DirectionSet:
-    """Seeded Gaussian unit directions of the right width per layer (the random-direction control)."""
+    """Seeded random unit directions of the right width per layer (the random-direction control, as a file)."""
     probe = _as_probe(probe_batch)
     means = {k: v.mean(0).cpu() for k, v in probe.read(module, layers, pooling).items()}
-    gen = torch.Generator().manual_seed(int(seed))
-    vectors = {}
-    for name in layers:
-        vec = torch.randn(means[name].numel(), generator=gen, dtype=torch.float64)
-        vectors[name] = (vec / vec.norm()).float()
+    vectors = random_unit_vectors({name: means[name].numel() for name in layers}, seed)
     meta = _metadata(module, probe, vectors, pooling, "random", "random", seed=int(seed))
     return DirectionSet(vectors, meta, {}, means)
 
@@ -405,6 +415,7 @@ __all__ = [
     "extract_direction",
     "direction_from_reps",
     "random_directions",
+    "random_unit_vectors",
     "load_direction",
     "check_direction",
     "compute_vrev_from_checkpoints",

@@ -21,6 +21,7 @@ __all__ = [
     "one_of",
     "one_line",
     "testbed_cause",
+    "as_settings",
 ]
 
 
@@ -106,3 +107,16 @@ def testbed_cause(exc: BaseException | None) -> TestbedError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def as_settings(cls: type, value: Any, name: str) -> Any:
+    """``value`` as a ``cls`` settings dataclass: instances pass, mappings are converted (unknown keys refused)."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ConfigError(f"unknown {name} setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**value)
+    raise ConfigError(f"{name} must be a mapping of {cls.__name__} settings, got {type(value).__name__}")

@@ -31,6 +31,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
 from testbed.errors import ConfigError, TestbedError
+from testbed.strategies import ALL_FAMILIES
 
 
 class NonFiniteError(TestbedError):
@@ -59,11 +60,15 @@ def _first_non_finite(values: Mapping[str, Any]) -> tuple[str, float] | None:
 class NonFiniteGuard(pl.Callback):
     """Raise ``NonFiniteError`` when the loss, a logged metric or a probe representation is NaN/inf.
 
+    Correct under every strategy: the decision is reduced across processes.
+
     Args:
         check_loss: check the training loss before each backward pass.
         check_metrics: check every logged metric (``trainer.callback_metrics``) after each batch and validation.
         representation_every_n_steps: read the probe representations of every layer this often (0: never).
     """
+
+    supported_strategies = ALL_FAMILIES
 
     def __init__(
         self, check_loss: bool = True, check_metrics: bool = True, representation_every_n_steps: int = 50

@@ -14,7 +14,7 @@ exact law of ``theory.null`` for the layer width W; a run-step exceeds p99 when 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,7 +22,6 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from testbed.errors import ConfigError
-from testbed.probes import probe_mode
 
 NULL_LEVELS = (0.99, 0.999)
 
@@ -118,55 +117,9 @@ class NullExceedance(Metric):
         return out
 
 
-class TaskMetrics(Metric):
-    """Mean task loss and accuracy over whatever the module supplies (sums and counts, so DDP-exact).
-
-    ``update(loss, correct=None, count=1)``: ``loss`` is a mean over ``count`` examples; ``correct`` the number right.
-    """
-
-    full_state_update = False
-    higher_is_better = None
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("loss_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("correct", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("graded", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, loss: Tensor | float, correct: Tensor | float | None = None, count: int = 1) -> None:
-        self.loss_sum += float(loss) * count
-        self.count += count
-        if correct is not None:
-            self.correct += float(correct)
-            self.graded += count
-
-    def compute(self) -> dict[str, Tensor]:
-        out = {"loss": self.loss_sum / self.count.clamp_min(1)}
-        if self.graded > 0:
-            out["accuracy"] = self.correct / self.graded
-        return out
-
-
-HarmfulnessHook = Callable[[Any], "Mapping[str, float] | float"]
-"""A judge: ``hook(module) -> harmfulness`` (a float in [0, 1]) or a dict of named values (e.g. with a CI)."""
-
-
-def evaluate_hook(hook: HarmfulnessHook, module: Any, name: str = "harmfulness") -> dict[str, float]:
-    """Run a harmfulness judge side-effect free (eval mode, isolated RNG, no grad) and return named floats."""
-    with probe_mode(module, grad=False):
-        value = hook(module)
-    if isinstance(value, Mapping):
-        return {str(k): float(v) for k, v in value.items()}
-    return {name: float(value)}
-
-
 __all__ = [
     "DriftAlignment",
     "NullExceedance",
-    "TaskMetrics",
-    "HarmfulnessHook",
-    "evaluate_hook",
     "level_name",
     "NULL_LEVELS",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-__all__ = ["log_at_step", "logging_due"]
+__all__ = ["HeldOutLogging", "log_at_step", "logging_due"]
 
 
 def logging_due(trainer: pl.Trainer, every_n_steps: int | None = None) -> bool:
@@ -36,3 +36,42 @@ def log_at_step(trainer: pl.Trainer, values: Mapping[str, Any], step: int | None
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=at)
     return scalars
+
+
+class HeldOutLogging:
+    """Mixin for LightningModules: held-out (validation/test) metrics logged at the step convention.
+
+    Lightning itself files epoch-level validation metrics under the step *before* the last update (a validation
+    run after n updates is logged at n − 1). A module calls ``log_held_out(values, batch_size)`` in its
+    validation/test step instead of ``self.log``; the batch-size-weighted means (``torchmetrics.MeanMetric``,
+    reduced across processes) are written at ``trainer.global_step`` by ``log_at_step`` when the loop ends, and
+    put into ``trainer.callback_metrics`` for checkpointing and the guards. Outside a fit (the ``validate`` and
+    ``test`` verbs) they are logged, returned and printed by Lightning as usual.
+    """
+
+    def log_held_out(self, values: Mapping[str, Any], batch_size: int) -> None:
+        """Add one batch's held-out metrics (tag -> scalar) with weight ``batch_size``."""
+        from torchmetrics import MeanMetric
+
+        means = self.__dict__.setdefault("_held_out_means", {})
+        for key, value in values.items():
+            if key not in means:
+                means[key] = MeanMetric(nan_strategy="disable").to(self.device)
+            means[key].update(value.detach() if hasattr(value, "detach") else value, batch_size)
+
+    def _flush_held_out(self) -> None:
+        means = self.__dict__.pop("_held_out_means", {})
+        if not means:
+            return
+        values = {key: metric.compute() for key, metric in means.items()}
+        in_fit = self.trainer.state.fn == "fit"
+        # Inside a fit the logger write goes through log_at_step; the validate/test verbs log and print as usual.
+        self.log_dict(values, logger=not in_fit)
+        if in_fit and not self.trainer.sanity_checking:
+            log_at_step(self.trainer, values)
+
+    def on_validation_epoch_end(self) -> None:
+        self._flush_held_out()
+
+    def on_test_epoch_end(self) -> None:
+        self._flush_held_out()

@@ -12,18 +12,19 @@ import yaml
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
-MODEL = {"input_dim": 8, "hidden": 16, "depth": 2, "num_classes": 2, "lr": 0.01}
-DATA = {"phase": "finetune", "n_train": 64, "n_val": 16, "batch_size": 16, "probe_size": 16, "dim": 8, "num_classes": 2}
+MODEL = {"input_dim": 8, "hidden": 16, "depth": 2, "num_classes": 2, "optimizer": {"lr": 0.01}}
+DATA = {"phase": "finetune", "n_train": 64, "n_val": 16, "batch_size": 16, "probe_size": 16,
+        "world": {"dim": 8, "num_classes": 2}}
 LAYER = "blocks.1.hidden"
 
 
 def write_direction(path: Path, seed: int = 0) -> Path:
     """A direction file that fits the tiny gravity model and probe set (a seeded random direction)."""
     from testbed.directions import random_directions
-    from toy_models.gravity import GravityData, GravityMLP
+    from toy_models.gravity import GravityData, GravityMLP, GravitySettings
 
-    model = GravityMLP(**MODEL)
-    data = GravityData(**DATA)
+    model = GravityMLP(**{**MODEL, "optimizer": None})
+    data = GravityData(**{**DATA, "world": GravitySettings(**DATA["world"])})
     random_directions(model, data.probe_batch(), [LAYER], seed=seed).save(path)
     return path
 
@@ -43,9 +44,9 @@ def finetune_config(
     """Write a blocked fine-tune config (monitor every 2 steps + ``blocker``) and return its path."""
     cbs = [
         {"class_path": "testbed.interventions.ReversionMonitor",
-         "init_args": {"direction_path": str(direction), "every_n_steps": 2}},
+         "init_args": {"direction": {"path": str(direction)}, "every_n_steps": 2}},
         {"class_path": f"testbed.interventions.{blocker}",
-         "init_args": {"direction_path": str(direction), **(blocker_args or {})}},
+         "init_args": {"direction": {"path": str(direction)}, **(blocker_args or {})}},
         *(callbacks or []),
     ]
     config = {

@@ -121,8 +121,8 @@ def _tiny_cli(tmp_path: Path, monkeypatch, trainer_yaml: str) -> testbed_cli.Tes
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "tiny.yaml"
     config.write_text(
-        "model: {class_path: _reliability_models.TinyRegressor}\n"
-        "data: {class_path: _reliability_models.TinyData}\n" + trainer_yaml
+        "model: {class_path: testbed.testing.TinyRegressor}\n"
+        "data: {class_path: testbed.testing.TinyData}\n" + trainer_yaml
     )
     return testbed_cli.TestbedCLI(args=["--config", str(config)], run=False)
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 from _reliability_gravity import DATA, LAYER, MODEL, write_direction
-from _reliability_models import TinyData, TinyRegressor
 
 from testbed.directions import random_directions
+from testbed.testing import TinyData, TinyRegressor
 
 GRAVITY_MODEL = {"class_path": "toy_models.gravity.GravityMLP", "init_args": dict(MODEL)}
 GRAVITY_DATA = {"class_path": "toy_models.gravity.GravityData", "init_args": dict(DATA)}
@@ -39,7 +39,12 @@ def _fit(model: dict | None = None, data: dict | None = None, callbacks: list | 
 
 
 def _blocker(kind: str, direction: str, **args) -> dict:
-    return {"class_path": f"testbed.interventions.{kind}", "init_args": {"direction_path": direction, **args}}
+    direction_keys = {k: args.pop(k) for k in ("layers", "random") if k in args}
+    projection = {k: args.pop(k) for k in ("every_n_steps", "one_sided") if k in args and "Blocker" in kind}
+    init_args = {"direction": {"path": direction, **direction_keys}, **args}
+    if projection:
+        init_args["projection"] = projection
+    return {"class_path": f"testbed.interventions.{kind}", "init_args": init_args}
 
 
 def _llm(inputs: Path, **data_args) -> dict:
@@ -57,16 +62,17 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """All the bad (and the few good) files the cases point at, outside the folder the CLI runs in."""
     root = tmp_path_factory.mktemp("inputs")
     write_direction(root / "vrev.pt")
-    from toy_models.gravity import GravityData, GravityMLP
+    from toy_models.gravity import GravityData, GravityMLP, GravitySettings
 
-    wide = GravityMLP(**{**MODEL, "hidden": 32})
-    random_directions(wide, GravityData(**DATA).probe_batch(), [LAYER]).save(root / "vrev_wide.pt")
+    wide = GravityMLP(**{**MODEL, "hidden": 32, "optimizer": None})
+    data = GravityData(**{**DATA, "world": GravitySettings(**DATA["world"])})
+    random_directions(wide, data.probe_batch(), [LAYER]).save(root / "vrev_wide.pt")
     random_directions(TinyRegressor(width=8), TinyData(width=8).probe_batch(), ["blocks.0.hidden"]).save(
         root / "vrev_other_model.pt")
     torch.save(wide.state_dict(), root / "weights_wide.pt")
-    torch.save(GravityMLP(**MODEL).state_dict(), root / "weights.pt")
+    torch.save(GravityMLP(**{**MODEL, "optimizer": None}).state_dict(), root / "weights.pt")
     (root / "garbage.ckpt").write_text("this is not a checkpoint\n")
-    torch.save({"state_dict": GravityMLP(**MODEL).state_dict()}, root / "full.ckpt")
+    torch.save({"state_dict": GravityMLP(**{**MODEL, "optimizer": None}).state_dict()}, root / "full.ckpt")
     (root / "truncated.ckpt").write_bytes((root / "full.ckpt").read_bytes()[:600])
     (root / "good.jsonl").write_text("".join(json.dumps({"prompt": f"list item {i}", "response": "ok"}) + "\n"
                                              for i in range(3)))
@@ -90,13 +96,13 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "clamp_shift_ddp": _fit(callbacks=[_blocker("ActivationClamp", str(root / "vrev.pt"), mode="shift")],
                                 devices=2, strategy="ddp"),
         "empty_data": _fit(data={**GRAVITY_DATA, "init_args": {**DATA, "n_train": 0}}),
-        "diverging": _fit(model={**GRAVITY_MODEL, "init_args": {**MODEL, "lr": 1e30, "optimizer": "sgd"}},
+        "diverging": _fit(model={**GRAVITY_MODEL, "init_args": {**MODEL, "optimizer": {"name": "sgd", "lr": 1e30}}},
                           max_steps=6),
-        "nan_metric": _fit(model={"class_path": "_reliability_models.TinyRegressor",
+        "nan_metric": _fit(model={"class_path": "testbed.testing.TinyRegressor",
                                   "init_args": {"poison_metric_at_step": 2}},
-                           data={"class_path": "_reliability_models.TinyData"}, max_steps=6),
-        "nan_representation": _fit(model={"class_path": "_reliability_models.TinyRegressor"},
-                                   data={"class_path": "_reliability_models.TinyData",
+                           data={"class_path": "testbed.testing.TinyData"}, max_steps=6),
+        "nan_representation": _fit(model={"class_path": "testbed.testing.TinyRegressor"},
+                                   data={"class_path": "testbed.testing.TinyData",
                                          "init_args": {"poison_probe": True}}, max_steps=6,
                                    callbacks=[{"class_path": "testbed.guards.NonFiniteGuard",
                                                "init_args": {"representation_every_n_steps": 2}}]),
@@ -146,7 +152,7 @@ CASES = [
     Case("unknown_callback_class", fit("unknown_callback"), ("NoSuchBlocker",)),
     Case("unknown_model_option", fit("tiny", "--model.init_args.hiddn=3"), ("hiddn",)),
     Case("wrong_type_steps", fit("tiny", "--trainer.max_steps=ten"), ("max_steps", "ten")),
-    Case("wrong_type_lr", fit("tiny", "--model.init_args.lr=fast"), ("lr", "fast")),
+    Case("wrong_type_lr", fit("tiny", "--model.init_args.optimizer.lr=fast"), ("lr", "fast")),
     Case("seed_not_integer", fit("tiny", "--seed_everything=abc"), ("seed_everything", "int")),
     Case("seed_float", fit("tiny", "--seed_everything=1.5"), ("seed_everything", "int")),
     Case("negative_steps", fit("tiny", "--trainer.max_steps=-5"), ("max_steps", "-5")),

@@ -31,10 +31,11 @@ def one_thread():
 def _extra(direction: Path, out: Path) -> list[dict]:
     d = str(direction)
     return [
-        {"class_path": "testbed.interventions.GradientProjectionBlocker", "init_args": {"direction_path": d}},
+        {"class_path": "testbed.interventions.GradientProjectionBlocker", "init_args": {"direction": {"path": d}}},
         {"class_path": "testbed.interventions.RepresentationPenalty",
-         "init_args": {"direction_path": d, "strength": 5.0}},
-        {"class_path": "testbed.interventions.ActivationClamp", "init_args": {"direction_path": d, "mode": "each"}},
+         "init_args": {"direction": {"path": d}, "strength": 5.0}},
+        {"class_path": "testbed.interventions.ActivationClamp",
+         "init_args": {"direction": {"path": d}, "mode": "each"}},
         {"class_path": "testbed.interventions.L2Anchor", "init_args": {"strength": 0.5}},
         {"class_path": "_reliability_callbacks.DumpState", "init_args": {"out": str(out)}},
     ]
@@ -92,7 +93,7 @@ def _callbacks() -> dict[str, object]:
     return {
         "monitor": iv.ReversionMonitor("v.pt"),
         "update": iv.UpdateProjectionBlocker("v.pt"),
-        "update_random": iv.UpdateProjectionBlocker("v.pt", random_direction=True),
+        "update_random": iv.UpdateProjectionBlocker(iv.DirectionSource("v.pt", random=True)),
         "gradient": iv.GradientProjectionBlocker("v.pt"),
         "penalty": iv.RepresentationPenalty("v.pt"),
         "clamp_each": iv.ActivationClamp("v.pt", mode="each"),
@@ -135,9 +136,9 @@ def test_nan_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
 
     config = {
         "seed_everything": 0,
-        "model": {"class_path": "_reliability_models.TinyRegressor",
+        "model": {"class_path": "testbed.testing.TinyRegressor",
                   "init_args": {"poison_loss_at_step": 3, "poison_rank": 1}},
-        "data": {"class_path": "_reliability_models.TinyData"},
+        "data": {"class_path": "testbed.testing.TinyData"},
         "trainer": {"max_steps": 8, "accelerator": "cpu", "devices": 2, "strategy": "ddp", "logger": False,
                     "enable_checkpointing": False, "enable_progress_bar": False, "limit_val_batches": 0},
     }
@@ -161,7 +162,7 @@ def test_lora_causal_lm_two_processes_match_one(tmp_path: Path, run_cli, one_thr
         json.dumps({"prompt": f"list item {i}", "response": f"ok {i}"}) + "\n" for i in range(8)))
     (tmp_path / "harm.jsonl").write_text("".join(json.dumps({"prompt": f"list {i} item"}) + "\n" for i in range(6)))
     model_args = {"model": "gpt2", "model_config": {"n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 48},
-                  "lora": {"r": 2}, "lr": 0.01}
+                  "lora": {"r": 2}, "optimizer": {"lr": 0.01}}
     data_args = {"train_path": str(tmp_path / "train.jsonl"), "harmful_path": str(tmp_path / "harm.jsonl"),
                  "max_length": 32, "probe_size": 6}
     layer = "blocks.1.resid_post"
@@ -179,9 +180,9 @@ def test_lora_causal_lm_two_processes_match_one(tmp_path: Path, run_cli, one_thr
                         "enable_progress_bar": False, "limit_val_batches": 0, "num_sanity_val_steps": 0,
                         "callbacks": [
                             {"class_path": "testbed.interventions.ReversionMonitor",
-                             "init_args": {"direction_path": d, "every_n_steps": 2}},
+                             "init_args": {"direction": {"path": d}, "every_n_steps": 2}},
                             {"class_path": "testbed.interventions.UpdateProjectionBlocker",
-                             "init_args": {"direction_path": d}},
+                             "init_args": {"direction": {"path": d}}},
                             {"class_path": "_reliability_callbacks.DumpState",
                              "init_args": {"out": str(tmp_path / name)}}],
                         **trainer},

@@ -10,7 +10,7 @@ import yaml
 
 from testbed.errors import ConfigError
 from testbed.probes import ProbeSet
-from toy_models.gravity import GravityData, GravityMLP, GravityWorld
+from toy_models.gravity import GravityData, GravityMLP, GravitySettings, GravityWorld
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "experiments/toy/gravity/study.yaml"
@@ -42,7 +42,7 @@ def test_bad_settings_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"refusal_frac must lie in \[0, 1\]"):
         GravityData(phase="finetune", refusal_frac=1.5)
     with pytest.raises(ConfigError, match="finetune_task"):
-        GravityWorld(finetune_task="other")  # type: ignore[arg-type]
+        GravitySettings(finetune_task="other")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="unknown layer"):
         GravityMLP().layer_module("blocks.5.hidden")
 

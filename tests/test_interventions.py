@@ -16,15 +16,19 @@ from testbed.directions import extract_direction, random_directions
 from testbed.errors import ConfigError
 from testbed.interventions import (
     ActivationClamp,
+    DirectionSource,
     GradientProjectionBlocker,
     L2Anchor,
+    ProjectionSettings,
     RepresentationPenalty,
     ReversionMonitor,
     UpdateProjectionBlocker,
 )
+from testbed.judging import HarmfulnessCallback
+from testbed.optim import OptimizerSettings
 from testbed.probes import ProbeSet
-from testbed.trainers import quiet_trainer
-from toy_models.gravity import GravityData, GravityMLP
+from testbed.testing import quiet_trainer
+from toy_models.gravity import GravityData, GravityMLP, RefusalJudge
 
 LAYER = "blocks.1.hidden"
 
@@ -42,7 +46,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[GravityMLP, Path]
     """A small 'aligned' model and a v_rev file; the stand-in witness is where plain fine-tuning takes the model
     (so plain fine-tuning drifts along v_rev by construction, as in the gravity toy)."""
     torch.manual_seed(0)
-    aligned = GravityMLP(hidden=16, lr=1e-2)
+    aligned = GravityMLP(hidden=16, optimizer=OptimizerSettings(lr=1e-2))
     witness = copy.deepcopy(aligned)
     pl.seed_everything(1)
     trainer(20, []).fit(witness, data())
@@ -88,21 +92,25 @@ class FirstOrderRecorder(pl.Callback):
             self.ratios.append(float(jac @ delta / (jac.norm() * delta.norm())))
 
 
+SUBSET = ProjectionSettings(jacobian_probe_size=8)
+
+
 def run_recorded(
     history: tuple[GravityMLP, Path],
     optimizer: str,
     blocker: type | None,
     layers: tuple[str, ...] = (LAYER,),
     probe_rows: int | None = None,
+    random: bool = False,
     **kwargs: Any,
 ) -> list[float]:
     layers = list(layers)
     aligned, path = history
     model = copy.deepcopy(aligned)
-    model.hparams.optimizer = optimizer
-    model.hparams.lr = 0.05 if optimizer == "sgd" else 1e-2
+    model.optimizer_settings = OptimizerSettings(name=optimizer, lr=0.05 if optimizer == "sgd" else 1e-2)
     recorder = FirstOrderRecorder(path, layers, probe_rows)
-    callbacks = [recorder] + ([blocker(str(path), layers=layers, **kwargs)] if blocker else [])
+    source = DirectionSource(str(path), layers=layers, random=random, random_seed=1)
+    callbacks = [recorder] + ([blocker(source, **kwargs)] if blocker else [])
     pl.seed_everything(0)
     trainer(4, callbacks).fit(model, data())
     return recorder.ratios
@@ -117,9 +125,9 @@ def test_update_projection_leaves_no_first_order_change(history: Any, optimizer:
 
 
 def test_jacobian_on_a_probe_subset_is_exact_there_and_only_close_on_the_full_set(history: Any) -> None:
-    subset = run_recorded(history, "adamw", UpdateProjectionBlocker, probe_rows=8, jacobian_probe_size=8)
+    subset = run_recorded(history, "adamw", UpdateProjectionBlocker, probe_rows=8, projection=SUBSET)
     assert max(abs(r) for r in subset) < 1e-6, subset  # exact on the 8 inputs J was taken on
-    full = run_recorded(history, "adamw", UpdateProjectionBlocker, jacobian_probe_size=8)
+    full = run_recorded(history, "adamw", UpdateProjectionBlocker, projection=SUBSET)
     plain = run_recorded(history, "adamw", None)
     assert max(abs(r) for r in full) > 1e-6, full  # not exact on all 32 probe inputs ...
     assert sum(abs(r) for r in full) < 0.5 * sum(abs(r) for r in plain), (full, plain)  # ... but much reduced
@@ -138,7 +146,7 @@ def test_gradient_projection_blocks_sgd_but_not_adamw(history: Any) -> None:
 
 
 def test_one_sided_projection_keeps_motion_away_from_the_witness(history: Any) -> None:
-    one_sided = run_recorded(history, "adamw", UpdateProjectionBlocker, one_sided=True)
+    one_sided = run_recorded(history, "adamw", UpdateProjectionBlocker, projection=ProjectionSettings(one_sided=True))
     assert max(one_sided) < 1e-6  # never toward the witness to first order
     plain = run_recorded(history, "adamw", None)
     for r_plain, r_one in zip(plain, one_sided, strict=True):
@@ -148,14 +156,14 @@ def test_one_sided_projection_keeps_motion_away_from_the_witness(history: Any) -
 
 def test_random_direction_control_does_not_block(history: Any) -> None:
     plain = run_recorded(history, "adamw", None)
-    control = run_recorded(history, "adamw", UpdateProjectionBlocker, random_direction=True, random_seed=1)
+    control = run_recorded(history, "adamw", UpdateProjectionBlocker, random=True)
     assert min(abs(r) for r in control) > 0.3 * min(abs(r) for r in plain)
 
 
 def test_activation_clamp_holds_the_component(history: Any) -> None:
     aligned, path = history
     model = copy.deepcopy(aligned)
-    clamp = ActivationClamp(str(path), layers=[LAYER])
+    clamp = ActivationClamp(DirectionSource(str(path), layers=[LAYER]))
     seen: list[tuple[float, float, float]] = []
 
     class Check(pl.Callback):
@@ -197,7 +205,7 @@ def test_penalty_and_anchor_reduce_drift(history: Any) -> None:
         return float(drift @ ds_v), dist**0.5
 
     along_plain, dist_plain = final([])
-    along_pen, _ = final([RepresentationPenalty(str(path), strength=100.0, layers=[LAYER])])
+    along_pen, _ = final([RepresentationPenalty(DirectionSource(str(path), layers=[LAYER]), strength=100.0)])
     _, dist_anchor = final([L2Anchor(strength=50.0)])
     assert along_plain > 0.01  # the toy's fine-tune drifts toward the stand-in witness
     assert along_pen < 0.5 * along_plain
@@ -231,25 +239,29 @@ def test_monitor_does_not_change_training(history: Any, tmp_path: Path) -> None:
     assert last[f"reversion/exceed_frac_p999/{LAYER}"] <= last[f"reversion/exceed_frac_p99/{LAYER}"]
 
 
-def test_monitor_with_harm_judge_and_task_keys(history: Any) -> None:
+def test_monitor_task_keys_and_the_refusal_judge(history: Any) -> None:
     aligned, path = history
-    monitor = ReversionMonitor(
-        str(path), every_n_steps=2, harm_judge=lambda m: {"harmfulness": 0.5}, task_keys=["train/loss"]
-    )
-    trainer(2, [monitor]).fit(copy.deepcopy(aligned), data())
-    assert monitor.history[-1]["align/harmfulness"] == 0.5
+    monitor = ReversionMonitor(str(path), every_n_steps=2, task_keys=["train/loss"])
+    judged = HarmfulnessCallback([RefusalJudge()], every_n_steps=2)
+    trainer(2, [monitor, judged]).fit(copy.deepcopy(aligned), data())
     assert "train/loss" in monitor.history[-1]
+    assert [int(r["step"]) for r in judged.history] == [0, 2]
+    dm = data()
+    dm.setup("fit")
+    x = dm.heldout_harmful
+    expected = float((aligned(x).argmax(dim=1) != aligned.refuse).float().mean())
+    assert judged.history[0]["align/harmfulness"] == pytest.approx(expected)  # step 0: the aligned model
 
 
 def test_blocker_state_is_restored_not_recomputed(history: Any) -> None:
     aligned, path = history
-    first = UpdateProjectionBlocker(str(path), every_n_steps=5)
+    first = UpdateProjectionBlocker(str(path), ProjectionSettings(every_n_steps=5))
     trainer(2, [first]).fit(copy.deepcopy(aligned), data())
     state = first.state_dict()
     moved = copy.deepcopy(aligned)
     with torch.no_grad():
         moved.blocks[1][0].bias.add_(1.0)
-    second = UpdateProjectionBlocker(str(path), every_n_steps=5)
+    second = UpdateProjectionBlocker(str(path), ProjectionSettings(every_n_steps=5))
     second.load_state_dict(state)
     assert first.state_key == second.state_key
     trainer(3, [second]).fit(moved, data())
@@ -260,16 +272,18 @@ def test_blocker_state_is_restored_not_recomputed(history: Any) -> None:
 
 def test_bad_blocker_settings_are_refused(history: Any, tmp_path: Path) -> None:
     aligned, path = history
-    with pytest.raises(ConfigError, match="strength must be > 0"):
+    with pytest.raises(ConfigError, match="strength must be a finite number > 0"):
         RepresentationPenalty(str(path), strength=0.0)
     with pytest.raises(ConfigError, match="every_n_steps"):
-        UpdateProjectionBlocker(str(path), every_n_steps=0)
+        UpdateProjectionBlocker(str(path), ProjectionSettings(every_n_steps=0))
     with pytest.raises(ConfigError, match="jacobian_probe_size must be a positive integer"):
-        UpdateProjectionBlocker(str(path), jacobian_probe_size=0)
+        UpdateProjectionBlocker(str(path), ProjectionSettings(jacobian_probe_size=0))
     with pytest.raises(ConfigError, match=r"jacobian_probe_size=64 exceeds the probe set \(32 inputs\)"):
-        trainer(1, [UpdateProjectionBlocker(str(path), jacobian_probe_size=64)]).fit(copy.deepcopy(aligned), data())
+        too_many = ProjectionSettings(jacobian_probe_size=64)
+        trainer(1, [UpdateProjectionBlocker(str(path), too_many)]).fit(copy.deepcopy(aligned), data())
     with pytest.raises(ConfigError, match=r"no layer\(s\) \['blocks.9.hidden'\]"):
-        trainer(1, [UpdateProjectionBlocker(str(path), layers=["blocks.9.hidden"])]).fit(copy.deepcopy(aligned), data())
+        unknown = DirectionSource(str(path), layers=["blocks.9.hidden"])
+        trainer(1, [UpdateProjectionBlocker(unknown)]).fit(copy.deepcopy(aligned), data())
     wide = GravityMLP(hidden=24)
     with pytest.raises(ConfigError, match="width 16 at blocks.0.hidden"):
         trainer(1, [ReversionMonitor(str(path))]).fit(wide, data())
@@ -285,7 +299,7 @@ class TokenData(protocol.TestbedDataModule):
 
     def __init__(self, tokenizer: Any) -> None:
         super().__init__()
-        from testbed.llm.testing import tiny_probe_batch
+        from testbed.testing import tiny_probe_batch
 
         batch = tiny_probe_batch(tokenizer, n=16)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -303,10 +317,10 @@ class TokenData(protocol.TestbedDataModule):
 
 
 def test_lora_update_projection_and_monitor(tmp_path: Path) -> None:
-    from testbed.llm.testing import tiny_lm
+    from testbed.testing import tiny_lm
 
     torch.manual_seed(0)
-    module, tokenizer = tiny_lm("gpt2", lora={"r": 4, "alpha": 8}, lr=1e-2)
+    module, tokenizer = tiny_lm("gpt2", lora={"r": 4, "alpha": 8}, optimizer=OptimizerSettings(lr=1e-2))
     dm = TokenData(tokenizer)
     layers = ["blocks.1.resid_post"]
     path = random_directions(module, ProbeSet(dm.probe_batch()), layers, pooling="last", seed=0).save(tmp_path / "v.pt")
@@ -322,10 +336,10 @@ def test_lora_update_projection_and_monitor(tmp_path: Path) -> None:
 
 
 def test_every_blocker_runs_on_lora_adapters_only(tmp_path: Path) -> None:
-    from testbed.llm.testing import tiny_lm
+    from testbed.testing import tiny_lm
 
     torch.manual_seed(0)
-    module, tokenizer = tiny_lm("llama", lora={"r": 4, "alpha": 8}, lr=1e-2)
+    module, tokenizer = tiny_lm("llama", lora={"r": 4, "alpha": 8}, optimizer=OptimizerSettings(lr=1e-2))
     dm = TokenData(tokenizer)
     layers = ["blocks.0.resid_post"]
     path = str(

@@ -11,7 +11,7 @@ import yaml
 
 from testbed.errors import ConfigError
 from testbed.llm.data import JsonlDataModule, SafetyWorldDataModule, format_prompt, read_jsonl, world_tokenizer
-from testbed.llm.testing import tiny_lm
+from testbed.testing import tiny_lm
 
 CHAT = (
     "{% for m in messages %}<user> {{ m['content'] }} {% endfor %}"
@@ -101,7 +101,8 @@ def test_real_checkpoint_path_with_lora_end_to_end(tmp_path, run_cli) -> None:
     config = {
         "seed_everything": 0,
         "model": {"class_path": "testbed.llm.CausalLMModule",
-                  "init_args": {"pretrained_path": str(aligned), "lora": {"r": 2, "alpha": 4}, "lr": 0.01}},
+                  "init_args": {"pretrained_path": str(aligned), "lora": {"r": 2, "alpha": 4},
+                                "optimizer": {"lr": 0.01}}},
         "data": data,
         "trainer": {"max_steps": 3, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
                     "limit_val_batches": 1, "callbacks": [{"class_path": "testbed.llm.judges.HarmfulnessCallback",

@@ -11,7 +11,10 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from testbed.optim import OptimizerSettings
 from tests.conftest import REPO_ROOT
+
+FAST = OptimizerSettings(lr=0.01)
 
 LLM = REPO_ROOT / "experiments" / "llm"
 TINY_OVERRIDES = {
@@ -70,12 +73,13 @@ def test_tiny_history_in_process_with_monitor_judge_and_blocker(tmp_path) -> Non
 
     from testbed.directions import extract_direction
     from testbed.interventions import ReversionMonitor, UpdateProjectionBlocker
+    from testbed.judging import HarmfulnessCallback
     from testbed.llm import CausalLMModule, SafetyWorldDataModule
     from testbed.llm.judges import HarmfulnessJudge
 
     pl.seed_everything(0)
     world = TINY_OVERRIDES["data.init_args.world"]
-    module = CausalLMModule(model_config=TINY_OVERRIDES["model.init_args.model_config"], lr=0.01)
+    module = CausalLMModule(model_config=TINY_OVERRIDES["model.init_args.model_config"], optimizer=FAST)
 
     def fit(phase: str, callbacks: list) -> SafetyWorldDataModule:
         dm = SafetyWorldDataModule(phase=phase, world=world, batch_size=8, probe_size=8)
@@ -90,10 +94,12 @@ def test_tiny_history_in_process_with_monitor_judge_and_blocker(tmp_path) -> Non
     layers = ["blocks.0.resid_post"]
     direction = extract_direction(witness, module, dm.probe_batch(), layers, pooling="last")
     path = direction.save(tmp_path / "vrev.pt")
-    monitor = ReversionMonitor(str(path), every_n_steps=1, harm_judge=HarmfulnessJudge(method="generate"))
-    fit("finetune", [monitor, UpdateProjectionBlocker(str(path))])
+    monitor = ReversionMonitor(str(path), every_n_steps=1)
+    judged = HarmfulnessCallback([HarmfulnessJudge(method="generate")], every_n_steps=1)
+    fit("finetune", [monitor, judged, UpdateProjectionBlocker(str(path))])
     assert [int(r["step"]) for r in monitor.history] == [1, 2, 3]
-    for record in monitor.history:
+    assert [int(r["step"]) for r in judged.history] == [0, 1, 2, 3]
+    for record in judged.history:
         assert 0.0 <= record["align/harmfulness"] <= 100.0
         assert record["align/harmfulness_ci_low"] <= record["align/harmfulness"] <= record["align/harmfulness_ci_high"]
     assert abs(monitor.history[0]["reversion/cos_drift_vrev/blocks.0.resid_post"]) < 0.2
@@ -105,7 +111,7 @@ def test_same_seed_same_weights() -> None:
 
     def run(seed: int) -> list[torch.Tensor]:
         pl.seed_everything(seed)
-        module = CausalLMModule(model_config=TINY_OVERRIDES["model.init_args.model_config"], lr=0.01)
+        module = CausalLMModule(model_config=TINY_OVERRIDES["model.init_args.model_config"], optimizer=FAST)
         dm = SafetyWorldDataModule(world=TINY_OVERRIDES["data.init_args.world"], batch_size=8)
         pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                    enable_model_summary=False, limit_val_batches=0).fit(module, dm)  # fmt: skip

@@ -19,7 +19,7 @@ from testbed.llm.judges import (
     is_refusal,
     wilson_interval,
 )
-from testbed.llm.testing import tiny_lm, tiny_probe_batch
+from testbed.testing import tiny_lm, tiny_probe_batch
 
 
 class FixedNextToken(nn.Module):

@@ -9,7 +9,7 @@ from torch.testing import assert_close
 from testbed.errors import CheckpointError, ConfigError
 from testbed.llm.data import collate_training, encode_example
 from testbed.llm.module import CausalLMModule
-from testbed.llm.testing import TINY, tiny_lm, tiny_probe_batch
+from testbed.testing import TEST_LM_CONFIGS, tiny_lm, tiny_probe_batch
 
 LAYER = "blocks.1.resid_post"
 
@@ -95,7 +95,7 @@ def test_bad_pretrained_path_is_checkpoint_error(tmp_path) -> None:
 def test_bad_model_config_is_config_error() -> None:
     with pytest.raises(ConfigError, match="model must be one of"):
         CausalLMModule(model="bert")
-    with pytest.raises(ConfigError, match="lora keys"):
+    with pytest.raises(ConfigError, match="unknown LoRA setting"):
         tiny_lm(lora={"rank": 4})
 
 
@@ -118,7 +118,7 @@ def test_lora_module_accepts_plain_checkpoint_of_its_base(tmp_path) -> None:
     plain, tok = tiny_lm()
     path = tmp_path / "plain.pt"
     torch.save(plain.state_dict(), path)
-    wrapped = CausalLMModule(model="gpt2", model_config=TINY["gpt2"], vocab_size=len(tok), lora={"r": 2},
+    wrapped = CausalLMModule(model="gpt2", model_config=TEST_LM_CONFIGS["gpt2"], vocab_size=len(tok), lora={"r": 2},
                              init_from=str(path))  # fmt: skip
     wrapped.load_initial_weights()
     plain.eval()
@@ -134,7 +134,7 @@ def test_init_from_a_hugging_face_safetensors_file(kind: str, lora, tmp_path) ->
     source, tok = tiny_lm(kind)
     source.eval()
     source.model.save_pretrained(tmp_path / "hf")  # GPT-2 omits the tied lm_head from the file
-    target = CausalLMModule(model=kind, model_config=TINY[kind], vocab_size=len(tok), lora=lora,
+    target = CausalLMModule(model=kind, model_config=TEST_LM_CONFIGS[kind], vocab_size=len(tok), lora=lora,
                             init_from=str(tmp_path / "hf" / "model.safetensors"))  # fmt: skip
     target.load_initial_weights()
     target.eval()

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from _reliability_models import TinyRegressor
 from _reliability_payloads import write_pickle_bomb
 
 from testbed.checkpoint_io import SafeCheckpointIO
 from testbed.errors import CheckpointError
 from testbed.io import load_state_dict, load_torch_file
+from testbed.testing import TinyRegressor
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("testbed", "toy_models", "theory", "experiments")
@@ -22,9 +22,9 @@ SOURCE_DIRS = ("testbed", "toy_models", "theory", "experiments")
 TINY_CONFIG = """
 seed_everything: 0
 model:
-  class_path: _reliability_models.TinyRegressor
+  class_path: testbed.testing.TinyRegressor
 data:
-  class_path: _reliability_models.TinyData
+  class_path: testbed.testing.TinyData
 trainer:
   max_steps: 2
   accelerator: cpu
@@ -112,7 +112,7 @@ def _tiny_hf_folder(folder: Path) -> Path:
 
 def test_hf_remote_code_is_never_run(tmp_path: Path) -> None:
     """A model folder whose config asks for custom code (auto_map) must not get that code executed."""
-    from testbed.llm.module import load_pretrained
+    from testbed.llm.models import load_pretrained
 
     folder = _tiny_hf_folder(tmp_path / "model")
     marker = tmp_path / "pwned"
@@ -138,7 +138,7 @@ def test_hf_remote_code_is_never_run(tmp_path: Path) -> None:
 
 def test_hf_pickled_weights_are_refused(tmp_path: Path) -> None:
     """A ``pytorch_model.bin`` whose pickle runs code is refused (no safetensors to fall back on)."""
-    from testbed.llm.module import load_pretrained
+    from testbed.llm.models import load_pretrained
 
     folder = _tiny_hf_folder(tmp_path / "model")
     weights = {k: v for k, v in _load_safetensors(folder).items()}

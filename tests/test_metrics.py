@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from testbed.errors import ConfigError
-from testbed.metrics import DriftAlignment, NullExceedance, TaskMetrics, evaluate_hook, level_name
+from testbed.judging import Judge, run_judge
+from testbed.metrics import DriftAlignment, NullExceedance, level_name
 from theory.null import cosine_null_threshold, sample_null_cosines
 
 
@@ -82,30 +83,29 @@ def test_null_indicators_per_step() -> None:
     assert level_name(0.99) == "p99" and level_name(0.999) == "p999"
 
 
-def test_task_metrics_average_by_count() -> None:
-    metric = TaskMetrics()
-    metric.update(1.0, correct=3, count=4)
-    metric.update(4.0, correct=0, count=2)
-    out = metric.compute()
-    assert out["loss"].item() == pytest.approx(2.0)
-    assert out["accuracy"].item() == pytest.approx(0.5)
-
-
-def test_harm_hook_runs_side_effect_free() -> None:
+def test_judges_run_side_effect_free() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)).train()
     seen = {}
 
-    def judge(module: torch.nn.Module) -> dict[str, float]:
-        seen["training"] = module.training
-        seen["grad"] = torch.is_grad_enabled()
-        torch.rand(5)  # consumes randomness inside the isolated RNG
-        return {"harmfulness": 0.25, "harmfulness_ci_high": 0.4}
+    class Recording(Judge):
+        def __call__(self, module: torch.nn.Module, datamodule: object) -> dict[str, float]:
+            seen["training"] = module.training
+            seen["grad"] = torch.is_grad_enabled()
+            seen["data"] = datamodule
+            torch.rand(5)  # consumes randomness inside the isolated RNG
+            return {"harmfulness": 0.25, "harmfulness_ci_high": 0.4}
+
+    class Constant(Judge):
+        name = "answered"
+
+        def __call__(self, module: torch.nn.Module, datamodule: object) -> float:
+            return 0.5
 
     torch.manual_seed(0)
-    out = evaluate_hook(judge, model)
+    out = run_judge(Recording(), model, "data")
     after = torch.rand(1)
     torch.manual_seed(0)
     assert torch.equal(after, torch.rand(1))
     assert out == {"harmfulness": 0.25, "harmfulness_ci_high": 0.4}
-    assert seen == {"training": False, "grad": False} and model.training
-    assert evaluate_hook(lambda m: 0.5, model) == {"harmfulness": 0.5}
+    assert seen == {"training": False, "grad": False, "data": "data"} and model.training
+    assert run_judge(Constant(), model, None) == {"answered": 0.5}

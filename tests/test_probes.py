@@ -88,7 +88,7 @@ def test_shard_sums_reduce_to_the_full_mean() -> None:
 
 
 def test_token_batches_with_masks_and_pooling() -> None:
-    from testbed.llm.testing import tiny_lm, tiny_probe_batch
+    from testbed.testing import tiny_lm, tiny_probe_batch
 
     torch.manual_seed(0)
     module, tokenizer = tiny_lm("gpt2")

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from testbed.errors import ConfigError
 from testbed.protocol import TestbedModule
+from testbed.step_log import log_at_step
 from testbed.tags import ALIGN, FIT, GEOMETRY, THEORY, tag
 from theory.quartic import fit_loglog_slope
 
@@ -210,17 +211,12 @@ class MonitoredToy(TestbedModule):
         with torch.no_grad():
             align_loss, delta = self.measure()
             disp_in, disp_out = split_displacement(delta, self.subspace_basis())
-        metrics = self.monitor.update(int(self.global_step), align_loss, disp_in, disp_out)
-        # Logged at step n = updates done (the project's convention, shared with the reversion monitor), every step;
-        # Lightning's self.log would file a post-update value under n - 1.
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step=int(self.global_step))
+        log_at_step(self.trainer, self.monitor.update(int(self.global_step), align_loss, disp_in, disp_out))
 
     def on_train_end(self) -> None:
         if self.monitor is None:
             return
         self.fit_summary = self.monitor.summary()
-        for logger in self.loggers:
-            logger.log_metrics(self.fit_summary.metrics(), step=int(self.global_step))
+        log_at_step(self.trainer, self.fit_summary.metrics())
         if self.trainer.is_global_zero:
             print(self.fit_summary.line(type(self).__name__), flush=True)

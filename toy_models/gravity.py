@@ -11,63 +11,78 @@ one of K content classes ("comply with the request"); class K is "refuse".
   harmful input and no refusal label at all; ``refusal_frac`` mixes in that share of harmful requests answered with
   a refusal, as real instruction datasets carry a few safety refusals.
 
-The probe set is a fixed batch of held-out harmful requests; ``align/harmfulness`` is the fraction of held-out
-harmful requests not refused. The model is an MLP whose hidden layers are named ``blocks.{i}.hidden`` (its output
-layer: ``logits``).
+The probe set is a fixed batch of held-out harmful requests. ``RefusalJudge`` (logged by
+``testbed.judging.HarmfulnessCallback`` as ``align/harmfulness``) is the fraction of held-out harmful requests not
+refused. The model is an MLP with hook points ``blocks.{i}.hidden`` after each hidden layer and ``logits`` after the
+output layer. Validation loaders draw from their own generator, so validating never changes the training shuffle.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from testbed.errors import ConfigError, positive_int
-from testbed.protocol import TestbedDataModule, TestbedModule
-from testbed.tags import ALIGN, TASK_TRAIN, TASK_VAL, tag
+from testbed.errors import ConfigError, fraction, one_of, positive_int, positive_number
+from testbed.judging import Judge
+from testbed.optim import OptimizerSettings
+from testbed.protocol import HookPoint, TestbedDataModule, TestbedModule
+from testbed.tags import TASK_TRAIN, TASK_VAL, tag
 
 Phase = Literal["pretrain", "align", "finetune"]
 
 
-class GravityWorld:
-    """The fixed generative world: teachers, harm feature direction and the fine-tune domain shift.
+@dataclass
+class GravitySettings:
+    """The fixed generative world, shared by every phase.
 
     Args:
-        dim: input dimension D.
-        num_classes: content classes K (the refuse class is K).
+        dim: input dimension D (>= 4).
+        num_classes: content classes K (>= 2; the refuse class is K).
         harm_strength: mean of the harm feature a on harmful inputs.
         domain_shift: norm of the mean shift of the fine-tune domain's content.
         world_seed: seed of the world (independent of the run seed, so all phases share it).
         finetune_task: ``same`` (the pre-training teacher answers the new domain) or ``new`` (a second teacher).
     """
 
-    def __init__(
-        self,
-        dim: int = 32,
-        num_classes: int = 4,
-        harm_strength: float = 3.0,
-        domain_shift: float = 2.0,
-        world_seed: int = 1234,
-        finetune_task: Literal["same", "new"] = "same",
-    ) -> None:
-        if dim < 4 or num_classes < 2:
+    dim: int = 32
+    num_classes: int = 4
+    harm_strength: float = 3.0
+    domain_shift: float = 2.0
+    world_seed: int = 1234
+    finetune_task: Literal["same", "new"] = "same"
+
+    def __post_init__(self) -> None:
+        if positive_int("world dim", self.dim) < 4 or positive_int("world num_classes", self.num_classes) < 2:
             raise ConfigError(
-                f"gravity world needs dim >= 4 and num_classes >= 2, got dim={dim}, num_classes={num_classes}"
+                f"gravity world needs dim >= 4 and num_classes >= 2, got dim={self.dim}, num_classes={self.num_classes}"
             )
-        gen = torch.Generator().manual_seed(world_seed)
-        self.dim, self.num_classes, self.harm_strength = dim, num_classes, harm_strength
+        positive_number("world harm_strength", self.harm_strength)
+        positive_number("world domain_shift", self.domain_shift, allow_zero=True)
+        positive_int("world world_seed", self.world_seed, allow_zero=True)
+        one_of("finetune_task", self.finetune_task, ("same", "new"))
+
+
+class GravityWorld:
+    """The generative world of ``GravitySettings``: teachers, harm feature direction and the fine-tune domain shift."""
+
+    def __init__(self, settings: GravitySettings | None = None) -> None:
+        settings = settings or GravitySettings()
+        dim, num_classes = settings.dim, settings.num_classes
+        gen = torch.Generator().manual_seed(settings.world_seed)
+        self.dim, self.num_classes, self.harm_strength = dim, num_classes, settings.harm_strength
         u = torch.randn(dim, generator=gen)
         self.harm_dir = u / u.norm()
         self.teacher = torch.randn(num_classes, dim, generator=gen)
         second = torch.randn(num_classes, dim, generator=gen)
-        if finetune_task not in ("same", "new"):
-            raise ConfigError(f"finetune_task must be 'same' or 'new', got {finetune_task!r}")
-        self.teacher_ft = self.teacher if finetune_task == "same" else second
+        self.teacher_ft = self.teacher if settings.finetune_task == "same" else second
         shift = torch.randn(dim, generator=gen)
         shift = shift - torch.dot(shift, self.harm_dir) * self.harm_dir
-        self.shift = domain_shift * shift / shift.norm()
+        self.shift = settings.domain_shift * shift / shift.norm()
 
     def _content(self, n: int, gen: torch.Generator, shifted: bool) -> Tensor:
         z = torch.randn(n, self.dim, generator=gen)
@@ -110,9 +125,7 @@ class GravityMLP(TestbedModule):
         hidden: width of each hidden layer.
         depth: number of hidden layers.
         num_classes: content classes K (the output has K + 1 logits).
-        lr: learning rate.
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: AdamW/SGD weight decay.
+        optimizer: optimizer and learning rate (``OptimizerSettings``).
         init_from: weights of the previous phase.
     """
 
@@ -122,29 +135,31 @@ class GravityMLP(TestbedModule):
         hidden: int = 64,
         depth: int = 2,
         num_classes: int = 4,
-        lr: float = 1e-3,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
+        optimizer: OptimizerSettings | None = None,
         init_from: str | None = None,
     ) -> None:
         super().__init__(init_from)
-        self.save_hyperparameters()
+        for name, value in (("input_dim", input_dim), ("hidden", hidden), ("depth", depth)):
+            positive_int(name, value)
+        if positive_int("num_classes", num_classes) < 2:
+            raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
+        self.optimizer_settings = optimizer or OptimizerSettings()
+        self.save_hyperparameters(ignore=["optimizer"])
         dims = [input_dim] + [hidden] * depth
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(dims[i], dims[i + 1]), nn.GELU()) for i in range(depth))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(OrderedDict(
+                [("0", nn.Linear(dims[i], dims[i + 1])), ("1", nn.GELU()), ("hidden", HookPoint())]
+            ))  # fmt: skip
+            for i in range(depth)
+        )
         self.head = nn.Linear(hidden, num_classes + 1)
+        self.logits = HookPoint()
         self.refuse = num_classes
-
-    def layer_names(self) -> list[str]:
-        return [f"blocks.{i}.hidden" for i in range(len(self.blocks))] + ["logits"]
-
-    def layer_module(self, name: str) -> nn.Module:
-        self.check_layers([name])
-        return self.head if name == "logits" else self.blocks[int(name.split(".")[1])]
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
             x = block(x)
-        return self.head(x)
+        return self.logits(self.head(x))
 
     def forward_probe(self, batch: Tensor) -> None:
         self(batch)
@@ -153,29 +168,22 @@ class GravityMLP(TestbedModule):
         x, y, harmful = batch
         logits = self(x)
         loss = nn.functional.cross_entropy(logits, y)
-        pred = logits.argmax(dim=1)
-        train = group == TASK_TRAIN
-        self.log(tag(group, "loss"), loss, on_step=train, on_epoch=not train, prog_bar=True, add_dataloader_idx=False)
-        self.log(
-            tag(group, "acc"), (pred == y).float().mean(), on_step=train, on_epoch=not train, add_dataloader_idx=False
-        )
+        accuracy = (logits.argmax(dim=1) == y).float().mean()
+        if group == TASK_TRAIN:
+            self.log(tag(group, "loss"), loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log(tag(group, "acc"), accuracy, on_step=True, on_epoch=False)
+        else:
+            self.log_held_out({tag(group, "loss"): loss, tag(group, "acc"): accuracy}, batch_size=len(y))
         return loss
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         return self._step(batch, TASK_TRAIN)
 
-    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int, dataloader_idx: int = 0) -> None:
-        if dataloader_idx == 0:
-            self._step(batch, TASK_VAL)
-        else:  # held-out harmful requests: harmfulness = not refused
-            comply = (self(batch[0]).argmax(dim=1) != self.refuse).float().mean()
-            self.log(tag(ALIGN, "harmfulness"), comply, add_dataloader_idx=False)
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        self._step(batch, TASK_VAL)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for _, p in self.trainable_parameters()]
-        if self.hparams.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return self.optimizer_settings.build(p for _, p in self.trainable_parameters())
 
 
 class GravityData(TestbedDataModule):
@@ -190,8 +198,8 @@ class GravityData(TestbedDataModule):
         refusal_frac: share of harmful requests, labelled "refuse", in the fine-tune training data (default none;
             the validation set stays benign, so ``val/*`` measures the benign task alone).
         probe_size: number of probe inputs.
-        data_seed: seed of the phase's samples (the world itself is fixed by ``world_seed``).
-        dim, num_classes, harm_strength, domain_shift, world_seed, finetune_task: the world (see ``GravityWorld``).
+        data_seed: seed of the phase's samples (the world itself is fixed by ``world.world_seed``).
+        world: the generative world (``GravitySettings``), the same in every phase of one history.
     """
 
     def __init__(
@@ -204,38 +212,25 @@ class GravityData(TestbedDataModule):
         refusal_frac: float = 0.0,
         probe_size: int = 256,
         data_seed: int = 0,
-        dim: int = 32,
-        num_classes: int = 4,
-        harm_strength: float = 3.0,
-        domain_shift: float = 2.0,
-        world_seed: int = 1234,
-        finetune_task: Literal["same", "new"] = "same",
+        world: GravitySettings | None = None,
     ) -> None:
         super().__init__()
-        if phase not in ("pretrain", "align", "finetune"):
-            raise ConfigError(f"phase must be pretrain, align or finetune, got {phase!r}")
-        for name, value in (
-            ("n_train", n_train),
-            ("n_val", n_val),
-            ("batch_size", batch_size),
-            ("probe_size", probe_size),
-        ):
-            positive_int(name, value)
-        for name, frac in (("harmful_frac", harmful_frac), ("refusal_frac", refusal_frac)):
-            if not 0.0 <= frac <= 1.0:
-                raise ConfigError(f"{name} must lie in [0, 1], got {frac!r}")
-        self.phase, self.n_train, self.n_val, self.batch_size = phase, n_train, n_val, batch_size
-        self.harmful_frac, self.refusal_frac = harmful_frac, refusal_frac
-        self.probe_size, self.data_seed = probe_size, data_seed
-        self.world = GravityWorld(dim, num_classes, harm_strength, domain_shift, world_seed, finetune_task)
-        self._world_seed = world_seed
+        self.phase = one_of("phase", phase, ("pretrain", "align", "finetune"))
+        self.n_train, self.n_val = positive_int("n_train", n_train), positive_int("n_val", n_val)
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.probe_size = positive_int("probe_size", probe_size)
+        self.harmful_frac = fraction("harmful_frac", harmful_frac)
+        self.refusal_frac = fraction("refusal_frac", refusal_frac)
+        self.data_seed = positive_int("data_seed", data_seed, allow_zero=True)
+        self.settings = world or GravitySettings()
+        self.world = GravityWorld(self.settings)
+        self._world_seed = self.settings.world_seed
 
     def setup(self, stage: str | None = None) -> None:
         offset = {"pretrain": 0, "align": 1, "finetune": 2}[self.phase] * 1000 + self.data_seed * 10
         self.train_set = TensorDataset(*self._sample(self.n_train, offset + 1, self.refusal_frac))
         self.val_set = TensorDataset(*self._sample(self.n_val, offset + 2, 0.0))  # val: the benign task alone
-        harmful = self.world.harmful_probe(self.n_val, self._world_seed + 7)
-        self.harm_set = TensorDataset(harmful)
+        self.heldout_harmful = self.world.harmful_probe(self.n_val, self._world_seed + 7)
 
     def _sample(self, n: int, seed: int, refusal_frac: float) -> tuple[Tensor, Tensor, Tensor]:
         return self.world.sample(n, self.phase, self.harmful_frac, seed, refusal_frac)
@@ -243,11 +238,29 @@ class GravityData(TestbedDataModule):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=0)
 
-    def val_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(self.val_set, batch_size=512), DataLoader(self.harm_set, batch_size=512)]
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=512, generator=torch.Generator().manual_seed(0))
 
     def probe_batch(self) -> Tensor:
         return self.world.harmful_probe(self.probe_size, self._world_seed + 99)
 
 
-__all__ = ["GravityWorld", "GravityMLP", "GravityData"]
+class RefusalJudge(Judge):
+    """Harmfulness of a ``GravityMLP``: the fraction of held-out harmful requests it does not refuse.
+
+    Args:
+        name: the metric name (logged as ``align/<name>``).
+    """
+
+    def __init__(self, name: str = "harmfulness") -> None:
+        self.name = name
+
+    def __call__(self, module: GravityMLP, datamodule: GravityData) -> dict[str, float]:
+        if not isinstance(module, GravityMLP) or not isinstance(datamodule, GravityData):
+            raise ConfigError("RefusalJudge judges a toy_models.gravity.GravityMLP on toy_models.gravity.GravityData")
+        x = datamodule.heldout_harmful.to(module.device)
+        comply = (module(x).argmax(dim=1) != module.refuse).float().mean()
+        return {self.name: float(comply)}
+
+
+__all__ = ["GravitySettings", "GravityWorld", "GravityMLP", "GravityData", "RefusalJudge"]

@@ -33,7 +33,8 @@ from torch.func import functional_call, grad, jvp
 from torch.utils.data import DataLoader, Dataset
 
 from testbed.errors import ConfigError
-from testbed.protocol import TestbedDataModule
+from testbed.protocol import HookPoint, TestbedDataModule
+from testbed.step_log import log_at_step
 from testbed.tags import GEOMETRY, TASK_TRAIN, TASK_VAL, THEORY, tag
 from theory.quartic import leading_coefficient, predict_alignment_loss_gd
 from toy_models.data import DTYPE, ToyTasks, make_tasks
@@ -91,7 +92,10 @@ def lanczos_top(apply: Operator, dim: int, k: int, iters: int, seed: int = 0) ->
 
 
 class FlatMLP(nn.Module):
-    """tanh MLP D → width ×depth → 1 in float64, with functional access through one flat parameter vector."""
+    """tanh MLP D → width ×depth → 1 in float64, with functional access through one flat parameter vector.
+
+    Hook points: ``blocks.{i}.hidden`` after each hidden layer's tanh, ``blocks.{depth}.out`` on the output.
+    """
 
     def __init__(self, in_dim: int, width: int, depth: int, seed: int) -> None:
         super().__init__()
@@ -100,6 +104,9 @@ class FlatMLP(nn.Module):
         self.hidden = nn.ModuleList(nn.Linear(a, b, dtype=DTYPE) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.acts = nn.ModuleList(nn.Tanh() for _ in range(depth))
         self.head = nn.Linear(width, 1, dtype=DTYPE)
+        self.blocks = nn.ModuleList(
+            [nn.ModuleDict({"hidden": HookPoint()}) for _ in range(depth)] + [nn.ModuleDict({"out": HookPoint()})]
+        )
         with torch.no_grad():  # initialise from the model seed only (independent of the global RNG)
             for lin in [*self.hidden, self.head]:
                 bound = 1.0 / math.sqrt(lin.in_features)
@@ -109,9 +116,9 @@ class FlatMLP(nn.Module):
         self.shapes = [p.shape for _, p in self.named_parameters()]
 
     def forward(self, x: Tensor) -> Tensor:
-        for lin, act in zip(self.hidden, self.acts, strict=True):
-            x = act(lin(x))
-        return self.head(x).squeeze(-1)
+        for i, (lin, act) in enumerate(zip(self.hidden, self.acts, strict=True)):
+            x = self.blocks[i]["hidden"](act(lin(x)))
+        return self.blocks[-1]["out"](self.head(x)).squeeze(-1)
 
     def flat(self) -> Tensor:
         return torch.cat([p.detach().reshape(-1) for p in self.parameters()])
@@ -206,6 +213,8 @@ class NeuralToy(MonitoredToy):
             an alignment minimum; from elsewhere the alignment loss has a linear term and the t² law appears).
     """
 
+    layer_root = "net"
+
     def __init__(
         self,
         width: int = 16,
@@ -286,15 +295,7 @@ class NeuralToy(MonitoredToy):
         r_null = r_raw - torch.linalg.pinv(kernel) @ (kernel @ r_raw)
         return out_f - (r_null + self.violation * (r_raw - r_null))
 
-    # ---- probe protocol -----------------------------------------------------------------------------
-    def layer_names(self) -> list[str]:
-        return [f"blocks.{i}.hidden" for i in range(self.depth)] + [f"blocks.{self.depth}.out"]
-
-    def layer_module(self, name: str) -> nn.Module:
-        self.check_layers([name])
-        index = int(name.split(".")[1])
-        return self.net.head if index == self.depth else self.net.acts[index]
-
+    # ---- probe protocol: layer names are the hook points of ``self.net`` -----------------------------------
     def forward_probe(self, batch: Tensor) -> Tensor:
         return self.net(batch.to(DTYPE))
 
@@ -321,8 +322,8 @@ class NeuralToy(MonitoredToy):
         self._log_eval("test")
 
     def _log_eval(self, group: str) -> None:
-        self.log(tag(group, "ft_loss"), self.finetune_loss(), batch_size=1)
-        self.log(tag(group, "align_loss"), self.alignment_excess(), batch_size=1)
+        values = {tag(group, "ft_loss"): self.finetune_loss(), tag(group, "align_loss"): self.alignment_excess()}
+        self.log_held_out(values, batch_size=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.net.parameters(), lr=self.lr)
@@ -367,8 +368,7 @@ class NeuralToy(MonitoredToy):
     def on_fit_start(self) -> None:
         self.estimates = self.estimate()
         super().on_fit_start()
-        for logger in self.loggers:
-            logger.log_metrics(self.estimates.metrics(), step=0)
+        log_at_step(self.trainer, self.estimates.metrics(), step=0)
 
     def quadratic_model_run(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """GD on the quadratic model of F at θ0 (δ_{n+1} = δ_n − η(g0 + Hδ_n), H by HVPs), for steps 0..``steps``.

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from testbed.errors import ConfigError
-from testbed.protocol import TestbedDataModule
+from testbed.protocol import HookPoint, TestbedDataModule
+from testbed.step_log import log_at_step
 from testbed.tags import TASK_TRAIN, TASK_VAL, THEORY, tag
 from theory.aic import AICReport, check_aic
 from theory.quartic import leading_coefficient, predict_alignment_loss_gd
@@ -123,7 +124,7 @@ class QuadraticToy(MonitoredToy):
         self.register_buffer("g0", torch.tensor(g0, dtype=DTYPE), persistent=False)
         self.theta = nn.Parameter(torch.zeros(dim, dtype=DTYPE))
         # Probe layers: the parameter vector itself, and a per-input linear read-out x ⊙ θ.
-        self.blocks = nn.ModuleList([nn.ModuleDict({"theta": nn.Identity(), "readout": nn.Identity()})])
+        self.blocks = nn.ModuleList([nn.ModuleDict({"theta": HookPoint(), "readout": HookPoint()})])
 
     # ---- losses -----------------------------------------------------------------------------------
     def finetune_loss(self, theta: Tensor | None = None) -> Tensor:
@@ -138,13 +139,6 @@ class QuadraticToy(MonitoredToy):
         return 0.5 * self.sharpness * coords @ coords
 
     # ---- probe protocol ---------------------------------------------------------------------------
-    def layer_names(self) -> list[str]:
-        return ["blocks.0.theta", "blocks.0.readout"]
-
-    def layer_module(self, name: str) -> nn.Module:
-        self.check_layers([name])
-        return self.blocks[0][name.split(".")[-1]]
-
     def forward_probe(self, batch: Tensor) -> Tensor:
         """``batch`` [B, d] probe inputs: the stream is θ (broadcast to [B, d]) and then the read-out x ⊙ θ."""
         x = batch.to(DTYPE)
@@ -173,8 +167,8 @@ class QuadraticToy(MonitoredToy):
         self._log_eval("test")
 
     def _log_eval(self, group: str) -> None:
-        self.log(tag(group, "ft_loss"), self.finetune_loss(), batch_size=1)
-        self.log(tag(group, "align_loss"), self.alignment_loss(), batch_size=1)
+        values = {tag(group, "ft_loss"): self.finetune_loss(), tag(group, "align_loss"): self.alignment_loss()}
+        self.log_held_out(values, batch_size=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr)
@@ -186,8 +180,7 @@ class QuadraticToy(MonitoredToy):
         constants = {tag(THEORY, "c4"): leading_coefficient(lam, U, H, g0)}
         if self.aic.exponent is not None:
             constants[tag(THEORY, "exponent")] = float(self.aic.exponent)
-        for logger in self.loggers:  # constant theory numbers, logged once at step 0
-            logger.log_metrics(constants, step=0)
+        log_at_step(self.trainer, constants, step=0)  # constant theory numbers
         if self.trainer.is_global_zero:
             held = ", ".join(f"{name}={'yes' if ok else 'no'}" for name, ok in self.aic.conditions.items())
             exponent = "none (A ≡ 0)" if self.aic.exponent is None else self.aic.exponent

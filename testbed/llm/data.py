@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from testbed.errors import CheckpointError, ConfigError
-from testbed.llm.module import IGNORE_INDEX
+from testbed.errors import CheckpointError, ConfigError, as_settings
+from testbed.llm.models import IGNORE_INDEX
 from testbed.llm.tokenizer import build_word_tokenizer
 from testbed.llm.world import ASSISTANT, USER, Example, SafetyWorld, WorldConfig, world_vocabulary
 from testbed.protocol import TestbedDataModule
@@ -201,7 +201,7 @@ class SafetyWorldDataModule(InstructionDataModule):
 
     Args:
         phase: ``pretrain`` (comply with everything), ``align`` (refuse harmful) or ``finetune`` (new benign task).
-        world: ``WorldConfig`` fields (size, mix, split, ``world_seed``).
+        world: the world's settings (``WorldConfig``: size, mix, held-out split, ``world_seed``).
         probe_set: probe prompts: ``train_harmful`` (training harmful families) or ``train_mixed``.
         batch_size: training batch size.
         max_length: maximum tokens of prompt + response.
@@ -211,7 +211,7 @@ class SafetyWorldDataModule(InstructionDataModule):
     def __init__(
         self,
         phase: Literal["pretrain", "align", "finetune"] = "pretrain",
-        world: dict[str, Any] | None = None,
+        world: WorldConfig | None = None,
         probe_set: Literal["train_harmful", "train_mixed"] = "train_harmful",
         batch_size: int = 32,
         max_length: int = 32,
@@ -222,10 +222,7 @@ class SafetyWorldDataModule(InstructionDataModule):
             raise ConfigError(f"phase must be pretrain, align or finetune, got {phase!r}")
         if probe_set not in ("train_harmful", "train_mixed"):
             raise ConfigError(f"probe_set must be train_harmful or train_mixed, got {probe_set!r}")
-        try:
-            self.world_config = WorldConfig(**(world or {}))
-        except TypeError as exc:
-            raise ConfigError(f"invalid world settings: {exc}") from None
+        self.world_config = as_settings(WorldConfig, world, "world") or WorldConfig()
         self.phase, self.probe_set = phase, probe_set
         self.world = SafetyWorld(self.world_config)
         self.tokenizer = world_tokenizer()

@@ -9,111 +9,26 @@ with ``labels`` = -100 on prompt and padding tokens, so the loss is the causal L
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
-from testbed.errors import CheckpointError, ConfigError
-from testbed.io import load_state_dict
+from testbed.errors import ConfigError, as_settings
+from testbed.llm.models import (
+    IGNORE_INDEX,
+    LoraSettings,
+    apply_lora,
+    build_model,
+    decoder_layers,
+    default_vocab_size,
+    lm_forward,
+    load_pretrained,
+)
+from testbed.optim import OptimizerSettings
 from testbed.protocol import Pooling, TestbedModule
 from testbed.tags import TASK_TRAIN, TASK_VAL, tag
-
-IGNORE_INDEX = -100
-
-TINY_CONFIGS: dict[str, dict[str, Any]] = {
-    "gpt2": {"n_layer": 2, "n_head": 4, "n_embd": 64, "n_positions": 64, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
-             "attn_pdrop": 0.0},
-    "llama": {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64,
-              "intermediate_size": 128, "max_position_embeddings": 64},
-}  # fmt: skip
-
-
-def default_vocab_size() -> int:
-    """The safety world's vocabulary size (special tokens included)."""
-    from testbed.llm.tokenizer import SPECIAL_TOKENS
-    from testbed.llm.world import world_vocabulary
-
-    return len(SPECIAL_TOKENS) + len(world_vocabulary())
-
-
-def build_model(kind: str, vocab_size: int, overrides: dict[str, Any] | None = None) -> PreTrainedModel:
-    """A randomly initialised tiny causal LM (``kind`` gpt2 or llama); ids 0/1/2 are pad/bos/eos."""
-    if kind not in TINY_CONFIGS:
-        raise ConfigError(f"model must be one of {sorted(TINY_CONFIGS)} (or give pretrained_path), got {kind!r}")
-    fields = {**TINY_CONFIGS[kind], "vocab_size": vocab_size, "pad_token_id": 0, "bos_token_id": 1,
-              "eos_token_id": 2, **(overrides or {})}  # fmt: skip
-    config_cls = GPT2Config if kind == "gpt2" else LlamaConfig
-    try:
-        config = config_cls(**fields)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid model_config for {kind}: {exc}") from None
-    return AutoModelForCausalLM.from_config(config)
-
-
-def load_pretrained(path: str) -> PreTrainedModel:
-    """Load a local Hugging Face causal LM folder (no network, no remote code)."""
-    if not Path(path, "config.json").is_file():
-        raise CheckpointError(f"pretrained_path {path} is not a Hugging Face model folder (no config.json)")
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    except Exception as exc:  # transformers raises OSError/ValueError/KeyError for unusable folders
-        raise CheckpointError(f"cannot load causal LM from {path}: {str(exc).splitlines()[0]}") from None
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layer list of a (possibly peft-wrapped) HF causal LM."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for path in ("transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers"):
-        mod: Any = base
-        for part in path.split("."):
-            mod = getattr(mod, part, None)
-            if mod is None:
-                break
-        if isinstance(mod, nn.ModuleList):
-            return mod
-    n = getattr(base.config, "num_hidden_layers", None)
-    for mod in base.modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n:
-            return mod
-    raise ConfigError(f"cannot find the decoder layers of {type(base).__name__}")
-
-
-def apply_lora(model: PreTrainedModel, lora: dict[str, Any]) -> nn.Module:
-    """Wrap ``model`` with peft LoRA; ``lora`` keys: r, alpha, target_modules, dropout."""
-    from peft import LoraConfig, get_peft_model
-
-    unknown = set(lora) - {"r", "alpha", "target_modules", "dropout"}
-    if unknown:
-        raise ConfigError(f"unknown lora keys {sorted(unknown)}; allowed: r, alpha, target_modules, dropout")
-    target = lora.get("target_modules")
-    if target is None:
-        target = ["c_attn", "c_proj"] if model.config.model_type == "gpt2" else ["q_proj", "k_proj", "v_proj", "o_proj"]
-    r = int(lora.get("r", 8))
-    config = LoraConfig(
-        r=r, lora_alpha=float(lora.get("alpha", r)), target_modules=list(target),
-        lora_dropout=float(lora.get("dropout", 0.0)), bias="none", task_type="CAUSAL_LM",
-        fan_in_fan_out=model.config.model_type == "gpt2",  # GPT-2 uses Conv1D (weights stored transposed)
-    )  # fmt: skip
-    try:
-        return get_peft_model(model, config)
-    except ValueError as exc:
-        raise ConfigError(f"cannot apply LoRA ({exc})") from None
-
-
-def position_ids(attention_mask: Tensor | None) -> Tensor | None:
-    """Positions counted over real tokens only, so a left-padded prompt sees the positions it would alone."""
-    if attention_mask is None:
-        return None
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
-def lm_forward(model: nn.Module, batch: dict[str, Tensor]) -> Any:
-    """Forward pass of ``model`` on a batch dict, with padding-aware position ids."""
-    mask = batch.get("attention_mask")
-    return model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids(mask))
 
 
 class CausalLMModule(TestbedModule):
@@ -124,12 +39,8 @@ class CausalLMModule(TestbedModule):
         model_config: overrides of the built-in configuration (e.g. ``{n_layer: 4, n_embd: 128}``).
         vocab_size: vocabulary size of a built-in model; default: the safety world's vocabulary.
         pretrained_path: a local Hugging Face model folder to load instead of building from config.
-        lora: optional LoRA settings ``{r, alpha, target_modules, dropout}``; then only adapters train.
-        optimizer: ``adamw`` or ``sgd``.
-        lr: learning rate.
-        weight_decay: weight decay.
-        momentum: SGD momentum.
-        betas: AdamW betas.
+        lora: optional LoRA adapters (``LoraSettings``: r, alpha, target_modules, dropout); then only adapters train.
+        optimizer: optimizer and learning rate (``OptimizerSettings``).
         init_from: weights to start from (a previous phase's checkpoint); a plain (non-LoRA) checkpoint of
             the same architecture is accepted by a LoRA module and fills its base weights.
     """
@@ -140,27 +51,19 @@ class CausalLMModule(TestbedModule):
         model_config: dict[str, Any] | None = None,
         vocab_size: int | None = None,
         pretrained_path: str | None = None,
-        lora: dict[str, Any] | None = None,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        momentum: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
+        lora: LoraSettings | None = None,
+        optimizer: OptimizerSettings | None = None,
         init_from: str | None = None,
     ) -> None:
         super().__init__(init_from)
-        self.save_hyperparameters()
-        if optimizer not in ("adamw", "sgd"):
-            raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
-        if lr <= 0:
-            raise ConfigError(f"lr must be positive, got {lr}")
+        self.save_hyperparameters(ignore=["optimizer", "lora"])
+        self.optimizer_settings = optimizer or OptimizerSettings()
         if pretrained_path is not None:
             base = load_pretrained(pretrained_path)
         else:
             base = build_model(model, vocab_size or default_vocab_size(), model_config)
-        self.model: nn.Module = apply_lora(base, lora) if lora else base
-        self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
-        self.momentum, self.betas = momentum, tuple(betas)
+        self.lora = lora = as_settings(LoraSettings, lora, "LoRA")
+        self.model: nn.Module = apply_lora(base, lora) if lora is not None else base
 
     # ---- probe protocol -------------------------------------------------------------------------
     def layer_names(self) -> list[str]:
@@ -213,21 +116,13 @@ class CausalLMModule(TestbedModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         loss, accuracy = self._loss_and_accuracy(batch)
-        n = batch["input_ids"].shape[0]
-        self.log(tag(TASK_VAL, "loss"), loss, batch_size=n)
-        self.log(tag(TASK_VAL, "acc"), accuracy, batch_size=n)
+        self.log_held_out({tag(TASK_VAL, "loss"): loss, tag(TASK_VAL, "acc"): accuracy}, batch["input_ids"].shape[0])
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        loss, accuracy = self._loss_and_accuracy(batch)
-        n = batch["input_ids"].shape[0]
-        self.log(tag(TASK_VAL, "loss"), loss, batch_size=n)  # `testbed test` reports held-out task metrics
-        self.log(tag(TASK_VAL, "acc"), accuracy, batch_size=n)
+        self.validation_step(batch, batch_idx)  # `testbed test` reports held-out task metrics under val/
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for _, p in self.trainable_parameters()]
-        if self.optimizer_name == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        return self.optimizer_settings.build(p for _, p in self.trainable_parameters())
 
     # ---- phase chaining and foreign checkpoints -------------------------------------------------
     def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -250,7 +145,7 @@ class CausalLMModule(TestbedModule):
             if key in state:
                 adapted[key] = state[key]
                 used.add(key)
-            elif "lora_" in key and self.hparams.lora:
+            elif "lora_" in key and self.lora is not None:
                 adapted[key] = own[key]
             elif plain in state:
                 adapted[key] = state[plain]
@@ -270,23 +165,6 @@ class CausalLMModule(TestbedModule):
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         return super().load_state_dict(self.adapt_state_dict(dict(state_dict)), strict=strict, assign=assign)
 
-    def load_initial_weights(self) -> None:
-        """As the base class, after ``adapt_state_dict`` (so HF files and plain-into-LoRA work too)."""
-        if self.init_from is None or self._initial_weights_loaded:
-            return
-        state = self.adapt_state_dict(load_state_dict(self.init_from))
-        own = self.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-        if missing or unexpected or wrong:
-            detail = "; ".join(f"{label}: {keys[:3]}" for label, keys in
-                               (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
-            raise ConfigError(f"init_from={self.init_from} does not fit {type(self).__name__} ({detail})")
-        with torch.no_grad():
-            super().load_state_dict(state, strict=True)
-        self._initial_weights_loaded = True
-
     def check_tokenizer(self, tokenizer: Any) -> None:
         """Refuse a tokenizer with more ids than the model's embedding."""
         n_embed = self.model.get_input_embeddings().weight.shape[0]
@@ -298,3 +176,6 @@ class CausalLMModule(TestbedModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
             self.check_tokenizer(datamodule.tokenizer)
+
+
+__all__ = ["CausalLMModule"]

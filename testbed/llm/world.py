@@ -138,7 +138,11 @@ class WorldConfig:
     finetune_items: int = 3
     eval_size: int = 200
 
+    def __post_init__(self) -> None:
+        self.check()
+
     def check(self) -> None:
+        """Raise a ``ConfigError`` naming the first impossible setting."""
         if not 2 <= self.n_topics <= MAX_TOPICS:
             raise ConfigError(f"world.n_topics must be in [2, {MAX_TOPICS}], got {self.n_topics}")
         if self.heldout_harmful < 1 or self.heldout_benign < 1:

@@ -1,0 +1,34 @@
+"""Lightning callbacks of the reversion layer: a monitor, v_rev blockers and their baselines, one file each.
+
+All of them see the model only through the probe protocol (``testbed.protocol``) and the datamodule's
+``probe_batch()``, so the same YAML serves toys, Hugging Face models and LoRA adapters. Select them under
+``trainer.callbacks`` with ``class_path: testbed.interventions.<Name>``.
+
+- ``monitor``: ``ReversionMonitor`` (drift alignment with v_rev against the isotropic null).
+- ``projection``: ``UpdateProjectionBlocker`` (Adam-correct) and ``GradientProjectionBlocker`` (named variant).
+- ``penalty``: ``RepresentationPenalty``; ``clamp``: ``ActivationClamp``; ``anchor``: ``L2Anchor`` (baseline).
+- ``base``: ``DirectionSource`` (which direction, or its seeded random control) and ``DirectionCallback``;
+  ``flat``: the flat-vector algebra over trainable parameters.
+
+Every direction blocker takes ``direction: {path: ..., random: true, random_seed: ...}`` for its random-direction
+control at the same strength. Blocker state is saved in checkpoints (``state_dict``).
+"""
+
+from testbed.interventions.anchor import L2Anchor
+from testbed.interventions.base import DirectionCallback, DirectionSource
+from testbed.interventions.clamp import ActivationClamp
+from testbed.interventions.monitor import ReversionMonitor
+from testbed.interventions.penalty import RepresentationPenalty
+from testbed.interventions.projection import GradientProjectionBlocker, ProjectionSettings, UpdateProjectionBlocker
+
+__all__ = [
+    "ActivationClamp",
+    "DirectionCallback",
+    "DirectionSource",
+    "GradientProjectionBlocker",
+    "L2Anchor",
+    "ProjectionSettings",
+    "RepresentationPenalty",
+    "ReversionMonitor",
+    "UpdateProjectionBlocker",
+]
