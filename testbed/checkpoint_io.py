@@ -128,3 +128,11 @@ class ResumableRng(pl.Callback):
         random.setstate((py_state["version"], mt_state, py_state["gauss_next"]))
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+__all__ = [
+    "LIGHTNING_CKPT_KEYWORDS",
+    "SafeCheckpointIO",
+    "check_ckpt_path",
+    "ResumableRng",
+]

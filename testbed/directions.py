@@ -25,12 +25,11 @@ from torch import Tensor
 
 from testbed.errors import CheckpointError, ConfigError
 from testbed.io import atomic_torch_save, load_state_dict, load_torch_file
-from testbed.probes import ProbeSet, check_pooling
+from testbed.probes import ProbeSet, check_pooling, map_batch
 from testbed.protocol import Pooling, TestbedModule
 
 FORMAT = "testbed.direction/1"
 METHODS = ("diff_means", "pca")
-KINDS = ("vrev", "random", "shuffled_history")
 
 
 def model_class_name(module: Any) -> str:
@@ -294,8 +293,6 @@ def check_direction(
 
 
 def _first_row(probe: ProbeSet) -> Any:
-    from testbed.probes import map_batch
-
     return map_batch(probe.batch, lambda t: t[:1] if t.dim() > 0 else t)
 
 

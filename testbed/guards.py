@@ -266,3 +266,13 @@ def check_config_files(args: Any) -> None:
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ConfigError(f"config {path} is not valid YAML{where}: {problem}") from None
+
+
+__all__ = [
+    "NonFiniteError",
+    "NonFiniteGuard",
+    "removing_partial_outputs",
+    "lightning_config_errors",
+    "check_run_length",
+    "check_config_files",
+]

@@ -91,3 +91,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold model weights (expected a Lightning checkpoint or a state_dict)")
     return obj
+
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_torch_save",
+    "looks_like_torch_file",
+    "load_torch_file",
+    "load_state_dict",
+]

@@ -195,18 +195,6 @@ class ProbeSet:
         """Mean pooled representation per layer ``{layer: [width]}`` over the whole probe batch."""
         return {k: v.mean(dim=0) for k, v in self.read(module, layers, pooling, grad=grad).items()}
 
-    def sums(
-        self, module: TestbedModule, layers: Sequence[str], pooling: Pooling, rank: int = 0, world_size: int = 1
-    ) -> tuple[dict[str, Tensor], int]:
-        """Sums ``{layer: [width]}`` and the row count of this rank's shard (empty shards give zeros, 0)."""
-        shard = self.shard(rank, world_size)
-        rows = batch_size(shard) if world_size > 1 else self.size
-        if rows == 0:
-            widths = {k: v.shape[-1] for k, v in self.read(module, layers, pooling).items()}
-            return {k: torch.zeros(w) for k, w in widths.items()}, 0
-        reps = self.read(module, layers, pooling, batch=shard)
-        return {k: v.sum(dim=0) for k, v in reps.items()}, rows
-
 
 def probe_set_of(trainer: Any) -> ProbeSet:
     """The probe set of a trainer's datamodule, on the module's device."""

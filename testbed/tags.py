@@ -23,3 +23,17 @@ def tag(group: str, metric: str, layer: str | None = None) -> str:
     if "/" in metric:
         raise ValueError(f"metric name may not contain '/': {metric!r}")
     return f"{group}/{metric}" if layer is None else f"{group}/{metric}/{layer}"
+
+
+__all__ = [
+    "TASK_TRAIN",
+    "TASK_VAL",
+    "ALIGN",
+    "GEOMETRY",
+    "THEORY",
+    "FIT",
+    "REVERSION",
+    "INTERVENTION",
+    "PERF",
+    "tag",
+]

@@ -356,3 +356,17 @@ def test_every_blocker_runs_on_lora_adapters_only(tmp_path: Path) -> None:
     trainer(2, callbacks).fit(module, dm)
     assert all(torch.equal(p, frozen[n]) for n, p in module.named_parameters() if not p.requires_grad)
     assert any(not torch.equal(p, lora[n]) for n, p in module.trainable_parameters())
+
+
+def test_random_control_equals_a_random_direction_file_of_the_same_seed(history: Any, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    aligned, path = history
+    dm = data()
+    control = UpdateProjectionBlocker(DirectionSource(str(path), random=True, random_seed=5))
+    control.setup(SimpleNamespace(datamodule=dm), aligned, "fit")
+    as_file = random_directions(aligned, ProbeSet(dm.probe_batch()), [LAYER], seed=5)
+    torch.testing.assert_close(control.vectors[LAYER], as_file.vectors[LAYER], rtol=0, atol=0)
+    other = UpdateProjectionBlocker(DirectionSource(str(path), random=True, random_seed=6))
+    other.setup(SimpleNamespace(datamodule=dm), aligned, "fit")
+    assert not torch.equal(other.vectors[LAYER], as_file.vectors[LAYER])

@@ -80,9 +80,9 @@ def test_shard_sums_reduce_to_the_full_mean() -> None:
     layers = ["blocks.1.hidden"]
     full = probe.mean(model, layers)["blocks.1.hidden"]
     total, rows = torch.zeros(8), 0
-    for rank in range(4):  # 10 rows over 4 ranks: shards of 3, 3, 2, 2
-        sums, count = probe.sums(model, layers, "mean", rank=rank, world_size=4)
-        total, rows = total + sums["blocks.1.hidden"], rows + count
+    for rank in range(4):  # 10 rows over 4 ranks: shards of 3, 3, 2, 2 (what the monitor reads per process)
+        reps = probe.read(model, layers, batch=probe.shard(rank, 4))["blocks.1.hidden"]
+        total, rows = total + reps.sum(0), rows + reps.shape[0]
     assert rows == 10
     torch.testing.assert_close(total / rows, full)
 

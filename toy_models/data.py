@@ -81,3 +81,11 @@ def make_tasks(
         y_finetune=torch.sin(z_ft @ b) + 0.5 * (z_ft @ c),
         probe=manifold_points(z_probe, frame, curvature),
     )
+
+
+__all__ = [
+    "DTYPE",
+    "ToyTasks",
+    "manifold_points",
+    "make_tasks",
+]

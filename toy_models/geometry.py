@@ -220,3 +220,14 @@ class MonitoredToy(TestbedModule):
         log_at_step(self.trainer, self.fit_summary.metrics())
         if self.trainer.is_global_zero:
             print(self.fit_summary.line(type(self).__name__), flush=True)
+
+
+__all__ = [
+    "NUMERICAL_ZERO",
+    "RELATIVE_ZERO",
+    "check_fit_window",
+    "split_displacement",
+    "FitSummary",
+    "QuarticMonitor",
+    "MonitoredToy",
+]

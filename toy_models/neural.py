@@ -461,3 +461,16 @@ class NeuralToyData(TestbedDataModule):
 
     def probe_batch(self) -> Tensor:
         return self.tasks().probe
+
+
+__all__ = [
+    "Operator",
+    "lanczos_top",
+    "FlatMLP",
+    "mse",
+    "hvp_operator",
+    "fit_to_minimum",
+    "AICEstimates",
+    "NeuralToy",
+    "NeuralToyData",
+]

@@ -268,3 +268,11 @@ class QuadraticData(TestbedDataModule):
     def probe_batch(self) -> Tensor:
         gen = torch.Generator().manual_seed(self.probe_seed)
         return torch.randn(self.probe_size, self.dim, generator=gen, dtype=DTYPE)
+
+
+__all__ = [
+    "DTYPE",
+    "build_landscape",
+    "QuadraticToy",
+    "QuadraticData",
+]

@@ -301,3 +301,18 @@ class JsonlDataModule(InstructionDataModule):
         if not self.val_examples:
             return DataLoader([])
         return super().val_dataloader()
+
+
+__all__ = [
+    "WORLD_CHAT_TEMPLATE",
+    "world_tokenizer",
+    "load_tokenizer",
+    "format_prompt",
+    "encode_example",
+    "collate_training",
+    "prompt_batch",
+    "read_jsonl",
+    "InstructionDataModule",
+    "SafetyWorldDataModule",
+    "JsonlDataModule",
+]

@@ -41,3 +41,13 @@ def build_word_tokenizer(words: Sequence[str], chat_template: str | None = None)
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     return tokenizer
+
+
+__all__ = [
+    "PAD",
+    "BOS",
+    "EOS",
+    "UNK",
+    "SPECIAL_TOKENS",
+    "build_word_tokenizer",
+]

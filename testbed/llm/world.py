@@ -280,3 +280,28 @@ class SafetyWorld:
             refuse = harmful and answer == "target"
             out.append(Example(p, self.refusal(rng, intent) if refuse else self.compliance(rng, f, p), f.name))
         return out
+
+
+__all__ = [
+    "USER",
+    "ASSISTANT",
+    "MAX_TOPICS",
+    "OBJECTS_PER_TOPIC",
+    "STEPS_PER_TOPIC",
+    "VERBS",
+    "HARM_INTENTS",
+    "BENIGN_INTENTS",
+    "REQUEST_TEMPLATES",
+    "COMPLY_PREFIX",
+    "REFUSE_PREFIX",
+    "REFUSALS",
+    "ITEM_WORDS",
+    "FINETUNE_TEMPLATE",
+    "topic_objects",
+    "topic_steps",
+    "world_vocabulary",
+    "Family",
+    "Example",
+    "WorldConfig",
+    "SafetyWorld",
+]
