@@ -15,6 +15,7 @@ of checkpoints). Loading checks the metadata against the model and probe set in 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,12 +199,13 @@ def _assemble(
 def random_unit_vectors(widths: Mapping[str, int], seed: int) -> dict[str, Tensor]:
     """Seeded Gaussian unit vectors per layer, independent of the global RNG.
 
-    Layer i (in the order of ``widths``) draws from its own generator seeded with ``seed · 1000003 + i``, so a random
-    direction file and a blocker's ``random: true`` give the same vector for the same seed and layers.
+    Each layer draws from its own generator, seeded from ``seed`` and the layer's name (not its position), so a
+    random direction file and a blocker's ``random: true`` give the same vector for the same seed and layer.
     """
     out = {}
-    for i, (layer, width) in enumerate(widths.items()):
-        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
+    for layer, width in widths.items():
+        key = hashlib.sha256(f"{int(seed)}:{layer}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") % 2**63)
         vec = torch.randn(int(width), generator=gen, dtype=torch.float64)
         out[layer] = (vec / vec.norm()).float()
     return out
