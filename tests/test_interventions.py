@@ -325,6 +325,8 @@ def test_lora_update_projection_and_monitor(tmp_path: Path) -> None:
     layers = ["blocks.1.resid_post"]
     path = random_directions(module, ProbeSet(dm.probe_batch()), layers, pooling="last", seed=0).save(tmp_path / "v.pt")
     base_before = {n: p.detach().clone() for n, p in module.named_parameters() if not p.requires_grad}
+    unblocked = ReversionMonitor(str(path), every_n_steps=1)
+    trainer(3, [unblocked]).fit(copy.deepcopy(module), TokenData(tokenizer))
     recorder = FirstOrderRecorder(path, layers)
     monitor = ReversionMonitor(str(path), every_n_steps=1)
     trainer(3, [recorder, UpdateProjectionBlocker(str(path)), monitor]).fit(module, dm)
@@ -332,7 +334,8 @@ def test_lora_update_projection_and_monitor(tmp_path: Path) -> None:
     assert all(torch.equal(p, base_before[n]) for n, p in module.named_parameters() if not p.requires_grad)
     assert all("lora_" in n for n, _ in module.trainable_parameters())
     assert [int(h["step"]) for h in monitor.history] == [1, 2, 3]
-    assert abs(monitor.history[-1]["reversion/drift_along/blocks.1.resid_post"]) < 1e-3
+    along = "reversion/drift_along/blocks.1.resid_post"
+    assert abs(monitor.history[-1][along]) < 0.1 * abs(unblocked.history[-1][along])  # what is left is second order
 
 
 def test_every_blocker_runs_on_lora_adapters_only(tmp_path: Path) -> None:
