@@ -15,11 +15,13 @@ from collections.abc import Sequence
 
 from testbed.errors import TestbedError, one_line, testbed_cause
 
+__all__ = ["ORCHESTRATION_VERBS", "run_verb", "main"]
+
 # verb -> "module:function"; imported lazily so `fit` does not pay for report/plotting imports.
 ORCHESTRATION_VERBS = {
-    "study": "testbed.history:study_command",
+    "study": "testbed.study.runner:study_command",
     "report": "testbed.report:report_command",
-    "vrev": "testbed.directions:vrev_command",
+    "vrev": "testbed.commands:vrev_command",
 }
 
 

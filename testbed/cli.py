@@ -43,7 +43,11 @@ def with_default(items: Any, kind: type, satisfied_by: type | None = None) -> li
 
 
 class TestbedCLI(LightningCLI):
-    """LightningCLI in subclass mode over the testbed's protocol base classes."""
+    """LightningCLI in subclass mode over the testbed's protocol base classes.
+
+    Only public LightningCLI hooks are overridden (``init_parser``, ``parse_arguments``, ``instantiate_trainer``,
+    ``fit``, ``before_fit``); the config is read through ``config``/``config_init`` and ``subcommand``.
+    """
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("trainer_defaults", trainer_defaults())
@@ -64,27 +68,28 @@ class TestbedCLI(LightningCLI):
         kwargs["exit_on_error"] = False
         return super().init_parser(**kwargs)
 
+    def trainer_callbacks(self) -> list[Any]:
+        """The config's ``trainer.callbacks`` plus the reliability callbacks it does not already name: the NaN/inf
+        guard (``testbed.guards``) and the RNG state in checkpoints for exact resume (``testbed.checkpoint_io``)."""
+        return with_default(with_default(self._trainer_config().get("callbacks"), NonFiniteGuard), ResumableRng)
+
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        # Reliability defaults (testbed.checkpoint_io, testbed.guards): atomic weights_only checkpoints, RNG state in
-        # checkpoints (exact resume) and the NaN/inf guard, unless the config already names them.
-        config = self._get(self.config_init, "trainer", default={}) or {}
-        kwargs.setdefault("plugins", with_default(config.get("plugins"), SafeCheckpointIO, CheckpointIO))
-        callbacks = with_default(with_default(config.get("callbacks"), NonFiniteGuard), ResumableRng)
-        kwargs.setdefault("callbacks", callbacks)
+        # Reliability defaults: atomic weights_only checkpoints and trainer_callbacks(), unless given.
+        plugins = self._trainer_config().get("plugins")
+        kwargs.setdefault("plugins", with_default(plugins, SafeCheckpointIO, CheckpointIO))
+        kwargs.setdefault("callbacks", self.trainer_callbacks())
         with lightning_config_errors(also=(ValueError,)):
             return super().instantiate_trainer(**kwargs)
+
+    def _trainer_config(self) -> Any:
+        """The instantiated ``trainer`` section (under the subcommand's key when there is one)."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        return config.get("trainer") or {}
 
     def fit(self, **kwargs: Any) -> None:
         # Bad input found during Lightning's setup must not leave a half-written run folder (testbed.guards).
         with removing_partial_outputs(self.trainer), lightning_config_errors():
             self.trainer.fit(**kwargs)
-
-    def _parse_ckpt_path(self) -> None:
-        # Refuse a missing, unsafe or non-Lightning --ckpt_path with one clear message before anything is written.
-        subcommand = self.config.get("subcommand")
-        if subcommand:
-            check_ckpt_path(self.config[subcommand].get("ckpt_path"))
-        super()._parse_ckpt_path()
 
     def before_fit(self) -> None:
         # Refuse a fit that trains nothing, and an intervention not correct under the chosen strategy.
@@ -95,6 +100,11 @@ class TestbedCLI(LightningCLI):
         # A config file that is not valid YAML: name the file (jsonargparse's message does not).
         check_config_files(args)
         super().parse_arguments(parser, args)
+        # Refuse a missing, unsafe or non-Lightning --ckpt_path with one clear message before anything is written
+        # (Lightning reads the checkpoint's hyper-parameters right after parsing).
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_ckpt_path(self.config[subcommand].get("ckpt_path"))
 
 
-__all__ = ["TestbedCLI", "TensorBoardLogger", "DEFAULT_RUNS_DIR"]
+__all__ = ["TestbedCLI", "TensorBoardLogger", "DEFAULT_RUNS_DIR", "trainer_defaults", "with_default"]

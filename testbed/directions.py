@@ -19,14 +19,14 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from testbed.errors import CheckpointError, ConfigError
-from testbed.io import atomic_torch_save, load_state_dict, load_torch_file
-from testbed.probes import ProbeSet, check_pooling, map_batch
+from testbed.io import atomic_torch_save, load_torch_file
+from testbed.probes import ProbeSet, map_batch
 from testbed.protocol import Pooling, TestbedModule
 
 FORMAT = "testbed.direction/1"
@@ -298,127 +298,43 @@ def _first_row(probe: ProbeSet) -> Any:
     return map_batch(probe.batch, lambda t: t[:1] if t.dim() > 0 else t)
 
 
-# ---- from checkpoints (used by the study runner and `python -m testbed vrev`) -------------------------------------
-def build_from_config(config_path: str | Path, seed: int = 0) -> tuple[TestbedModule, Any]:
-    """Instantiate the model and datamodule of a fit config (no trainer run, no logger, no callbacks)."""
-    from testbed.cli import TestbedCLI
-
-    if not Path(config_path).is_file():
-        raise ConfigError(f"config not found: {config_path}")
-    args = [
-        "--config",
-        str(config_path),
-        f"--seed_everything={int(seed)}",
-        "--trainer.logger=false",
-        "--trainer.callbacks=null",
-        "--trainer.enable_checkpointing=false",
-    ]
-    cli = TestbedCLI(args=args, run=False)
-    module, datamodule = cli.model, cli.datamodule
-    module.configure_model()
-    if hasattr(datamodule, "prepare_data"):
-        datamodule.prepare_data()
-    datamodule.setup("fit")
-    return module, datamodule
-
-
-def load_weights(module: TestbedModule, ckpt: str | Path) -> None:
-    """Load a checkpoint's weights into ``module`` (strict); a mismatch is a clear ``CheckpointError``."""
-    state = load_state_dict(ckpt)
-    try:
-        with torch.no_grad():
-            module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-        first = lines[1] if len(lines) > 1 else lines[0]  # lines[0] is only "Error(s) in loading state_dict ..."
-        raise CheckpointError(f"{ckpt} does not fit {type(module).__name__}: {first}") from None
-
-
-def compute_vrev_from_checkpoints(
-    config_path: str,
-    witness_ckpt: str,
-    reference_ckpt: str,
-    layers: list[str],
-    out: str,
+def direction_from_representations(
+    module: TestbedModule,
+    probe: ProbeSet | Any,
+    rep_witness: dict[str, Tensor],
+    rep_reference: dict[str, Tensor],
     method: str = "diff_means",
-    pooling: str = "mean",
-    seed: int = 0,
-    kind: str = "vrev",
-) -> Path:
-    """Build the model and probe set from ``config_path``, read both checkpoints, save the direction atomically.
-
-    Returns:
-        The path written.
-    """
-    if method not in METHODS:
-        raise ConfigError(f"unknown direction method {method!r}; valid methods are: {', '.join(METHODS)}")
-    check_pooling(pooling)
-    module, datamodule = build_from_config(config_path, seed)
-    probe = ProbeSet.from_datamodule(datamodule)
-    layers = module.check_layers(layers)
-    load_weights(module, witness_ckpt)
-    rep_w = probe.read(module, layers, pooling)
-    load_weights(module, reference_ckpt)  # one instance: weights are swapped in place, no second copy in memory
-    rep_r = probe.read(module, layers, pooling)
-    ds = _assemble(
-        module,
-        probe,
-        rep_w,
-        rep_r,
-        method,
-        pooling,
-        kind,
-        str(Path(witness_ckpt).resolve()),
-        str(Path(reference_ckpt).resolve()),
-    )
-    return ds.save(out)
-
-
-def vrev_command(
+    pooling: Pooling = "mean",
     *,
-    config_path: str,
-    witness_ckpt: str,
-    reference_ckpt: str,
-    layers: list[str],
-    out: str,
-    method: Literal["diff_means", "pca"] = "diff_means",
-    pooling: Literal["mean", "last"] = "mean",
-    seed: int = 0,
-    kind: Literal["vrev", "shuffled_history"] = "vrev",
-) -> str:
-    """Compute v_rev between two checkpoints of one history and save it with metadata (written atomically).
+    kind: str = "vrev",
+    witness: str | None = None,
+    reference: str | None = None,
+) -> DirectionSet:
+    """A ``DirectionSet`` from pooled probe representations already read from the witness and reference weights.
 
-    Example: ``python -m testbed vrev --config_path align.yaml --witness_ckpt pre.ckpt --reference_ckpt aligned.ckpt
-    --layers '[blocks.1.hidden]' --out vrev.pt`` (``--config`` takes a YAML file of these same arguments).
+    For callers that swap two checkpoints into one model instance instead of holding two models.
 
     Args:
-        config_path: a fit config of the history (its model and data define the model class and the probe set).
-        witness_ckpt: checkpoint of the dominant phase (e.g. the pre-alignment checkpoint).
-        reference_ckpt: checkpoint of the aligned model.
-        layers: layer names, e.g. blocks.1.hidden.
-        out: output file.
-        method: diff_means (normalised difference of means) or pca (top principal direction of paired differences).
-        pooling: mean over tokens or last token.
-        seed: seed for building the model and data.
-        kind: vrev, or shuffled_history when the two checkpoints are an unrelated pair (a control).
+        module: the model the representations came from (its class is recorded).
+        probe: the probe inputs they were read on (a batch or a ``ProbeSet``).
+        rep_witness: layer -> ``[B, W]`` pooled representations under the witness weights.
+        rep_reference: layer -> ``[B, W]`` pooled representations under the reference weights.
+        method: ``"diff_means"`` or ``"pca"``.
+        pooling: the pooling used to read them.
+        kind: ``"vrev"`` or ``"shuffled_history"``.
+        witness: source checkpoint path recorded in the metadata.
+        reference: source checkpoint path recorded in the metadata.
     """
-    path = compute_vrev_from_checkpoints(
-        config_path, witness_ckpt, reference_ckpt, list(layers), out, method, pooling, seed, kind
-    )
-    print(f"wrote {path}")
-    return str(path)
+    return _assemble(module, _as_probe(probe), rep_witness, rep_reference, method, pooling, kind, witness, reference)
 
 
 __all__ = [
     "DirectionSet",
     "extract_direction",
     "direction_from_reps",
+    "direction_from_representations",
     "random_directions",
     "random_unit_vectors",
     "load_direction",
     "check_direction",
-    "compute_vrev_from_checkpoints",
-    "vrev_command",
-    "build_from_config",
-    "load_weights",
 ]

@@ -67,7 +67,7 @@ def read_scalars(run_dir: Path) -> dict[str, Series]:
 
 
 def _has_scalar_events(path: Path) -> bool:
-    from testbed.tb_layout import LAYOUT_SUFFIX
+    from testbed.study.layout import LAYOUT_SUFFIX
 
     return any(not f.name.endswith(LAYOUT_SUFFIX) for f in path.glob("events.out.tfevents.*"))
 

@@ -186,7 +186,7 @@ CASES = [
     Case("vrev_verb_checkpoint_other_model",
          lambda d: ["vrev", "--config_path", str(d / "tiny.yaml"), "--witness_ckpt", str(d / "weights_wide.pt"),
                     "--reference_ckpt", str(d / "weights.pt"), "--layers", f"[{LAYER}]", "--out", "v.pt"],
-         ("weights_wide.pt", "does not fit", "size mismatch")),
+         ("weights_wide.pt", "does not fit", "wrong shape")),
     # blocker settings
     Case("clamp_unknown_mode", fit("clamp_bad_mode"), ("mode", "sideways")),
     Case("penalty_negative_strength", fit("penalty_negative"), ("strength", "-1")),

@@ -63,3 +63,22 @@ def test_bad_config_is_one_clear_error(run_cli, capsys, tmp_path, args, message)
 def test_neural_rank_above_alignment_examples_is_one_clear_error(run_cli, capsys):
     assert run_cli(["fit", "--config", NEURAL, "--model.init_args.rank", "20"]) == 2
     assert "rank=20 exceeds n_align=8" in capsys.readouterr().err
+
+
+def test_fit_keeps_the_config_callbacks_and_adds_the_reliability_defaults(tmp_path, monkeypatch):
+    """Under a subcommand the CLI reads the trainer section through its public config, not the flat one."""
+    from pytorch_lightning.callbacks import ModelSummary
+
+    from testbed.checkpoint_io import ResumableRng, SafeCheckpointIO
+    from testbed.cli import TestbedCLI
+    from testbed.guards import NonFiniteGuard
+    from tests.conftest import REPO_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    cli = TestbedCLI(args=["fit", "--config", str(REPO_ROOT / QUARTIC), "--trainer.max_steps", "2",
+                           "--model.init_args.fit_window", "[1, 2]", "--trainer.logger", "false",
+                           "--trainer.callbacks+=pytorch_lightning.callbacks.ModelSummary"])  # fmt: skip
+    kinds = [type(c) for c in cli.trainer.callbacks]
+    assert kinds.index(ModelSummary) < kinds.index(NonFiniteGuard) < kinds.index(ResumableRng)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
+    assert cli.trainer.global_step == 2

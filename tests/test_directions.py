@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from testbed import protocol
+from testbed.commands import compute_vrev_from_checkpoints
 from testbed.directions import (
     DirectionSet,
-    compute_vrev_from_checkpoints,
     direction_from_reps,
     extract_direction,
     load_direction,
@@ -138,7 +138,7 @@ def test_random_directions_are_seeded_unit_vectors(tmp_path: Path) -> None:
 
 
 def _state_files(tmp_path: Path) -> tuple[Path, Path]:
-    from testbed.directions import build_from_config
+    from testbed.commands import build_from_config
 
     module, _ = build_from_config(REPO / GRAVITY_PRETRAIN, seed=0)
     witness = tmp_path / "witness.pt"

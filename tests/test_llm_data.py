@@ -112,7 +112,8 @@ def test_real_checkpoint_path_with_lora_end_to_end(tmp_path, run_cli) -> None:
     (tmp_path / "ft.yaml").write_text(yaml.safe_dump(config))
     assert run_cli(["fit", "--config", str(tmp_path / "ft.yaml")]) == 0
     # v_rev between the two HF folders (witness = base, reference = aligned) through the shared layer.
-    from testbed.directions import compute_vrev_from_checkpoints, load_direction
+    from testbed.commands import compute_vrev_from_checkpoints
+    from testbed.directions import load_direction
 
     out = compute_vrev_from_checkpoints(str(tmp_path / "ft.yaml"), str(base / "model.safetensors"),
                                         str(aligned / "model.safetensors"), ["blocks.1.resid_post"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -16,6 +17,7 @@ import yaml
 
 from testbed import errors
 from testbed.errors import ConfigError
+from testbed.study import layout
 
 TOY = {
     "seed_everything": 0,
@@ -84,7 +86,10 @@ def test_layout_commands_and_phase_chaining(study: tuple[Path, Path, str]) -> No
         for version in (f"_shared/pretrain/seed={seed}", f"_shared/align/seed={seed}", f"plain/seed={seed}",
                         f"monitored/seed={seed}"):
             run_dir = root / version
-            assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+            last = run_dir / "checkpoints" / "last.ckpt"
+            assert last.is_file()
+            # Lightning's own checkpoint of the final step is reused (a hard link), not saved a second time
+            assert any(p != last and os.path.samefile(p, last) for p in last.parent.iterdir())
             assert f"python -m testbed fit --config {run_dir / 'run_config.yaml'}" in printed
             config = yaml.safe_load((run_dir / "run_config.yaml").read_text())
             assert config["seed_everything"] == seed
@@ -102,9 +107,30 @@ def test_layout_commands_and_phase_chaining(study: tuple[Path, Path, str]) -> No
     assert printed.count("python -m testbed fit --config") == 8
     assert "compute direction 'vrev' seed 0" in printed
     # the arm with the direction callback logged the reversion metrics under the shared tag scheme
-    from testbed.tb_layout import scalar_tags
+    from testbed.study.tensorboard import scalar_tags
 
     assert any(t.startswith("reversion/") for t in scalar_tags(root / "monitored/seed=0"))
+
+
+def test_run_folders_round_trip_through_the_layout(study: tuple[Path, Path, str]) -> None:
+    """Every folder the runner wrote parses back (``layout.parse_run``) to the run recorded in it, and rebuilds
+    (``layout.run_dir``) to itself; the logger version in its config is the key's version."""
+    _, root, _ = study
+    finished = sorted(p.parent for p in root.rglob("DONE.json"))
+    assert len(finished) == 8
+    for folder in finished:
+        key = layout.parse_run(root, folder)
+        record = done(folder)
+        assert layout.run_dir(root, key) == folder
+        assert (key.seed, key.phase if key.shared else key.arm) == (record["seed"], record["phase"] if
+                                                                    record["arm"] is None else record["arm"])
+        assert layout.is_finished(folder)
+        assert Path(record["checkpoint"]) == layout.checkpoint_file(folder)
+        config = yaml.safe_load(layout.run_config_file(folder).read_text())
+        assert config["trainer"]["logger"]["init_args"]["version"] == key.version
+    for seed in (0, 1):
+        assert layout.direction_file(root, "vrev", seed).is_file()
+        assert json.loads(layout.direction_done_file(root, "vrev", seed).read_text())["seed"] == seed
 
 
 def test_printed_command_reproduces_the_run(study: tuple[Path, Path, str], tmp_path: Path,
@@ -214,6 +240,10 @@ def test_study_file_errors_name_the_culprit(tmp_path: Path) -> None:
                         directions={})
     with pytest.raises(ConfigError, match="phase names must be distinct"):
         run_study(twice)
+    (tmp_path / "bad.yaml").write_text("a: [1\nb: 2\n")
+    bad_yaml = write_study(tmp_path, phases=[{"name": "p", "config": "bad.yaml"}], directions={}, arms={"a": {}})
+    with pytest.raises(ConfigError, match=r"phase 'p': .*bad.yaml is not valid YAML \(line 2, column 2\)"):
+        run_study(bad_yaml)
 
 
 def test_dry_run_writes_configs_and_runs_nothing(tmp_path: Path) -> None:
@@ -233,6 +263,48 @@ def test_dry_run_writes_configs_and_runs_nothing(tmp_path: Path) -> None:
     arm = yaml.safe_load((root / "a/seed=1/run_config.yaml").read_text())["trainer"]
     assert arm["default_root_dir"] == str(root / "_shared/align/seed=1/checkpoints/last.ckpt")
     assert arm["callbacks"][-1]["init_args"]["dirpath"] == str(root / "a/seed=1") + "/extra"
+
+
+MONITOR = {"class_path": "testbed.interventions.ReversionMonitor",
+           "init_args": {"direction_path": "{directions.vrev}", "every_n_steps": 2}}
+BLOCKER = {"class_path": "testbed.interventions.UpdateProjectionBlocker",
+           "init_args": {"direction_path": "{directions.vrev}", "random_direction": True, "random_seed": "{seed}"}}
+
+
+def _dry_run_configs(folder: Path, final: dict, arms: dict) -> dict[str, dict]:
+    path = write_study(folder, name="inherit", final=final, arms=arms,
+                       sweeps={"grid": {"base": "blocked", "grid": {"model.init_args.sharpness": [1.0, 2.0]}}})
+    run_study(path, "--dry_run", "true")
+    root = folder / "runs" / "inherit"
+    return {str(p.relative_to(root)): yaml.safe_load(p.read_text()) for p in sorted(root.rglob("run_config.yaml"))}
+
+
+def test_arms_get_the_final_phase_callbacks_before_their_own(tmp_path: Path) -> None:
+    final = {"name": "finetune", "config": "toy.yaml", "callbacks": [MONITOR]}
+    inherited = _dry_run_configs(tmp_path / "a", final, {"plain": {}, "blocked": {"callbacks": [BLOCKER]}})
+    root = tmp_path / "a" / "runs" / "inherit"
+    for arm, expected in (("plain", ["ReversionMonitor"]), ("blocked", ["ReversionMonitor", "UpdateProjectionBlocker"]),
+                          ("grid/sharpness=2", ["ReversionMonitor", "UpdateProjectionBlocker"])):
+        for seed in (0, 1):
+            callbacks = inherited[f"{arm}/seed={seed}/run_config.yaml"]["trainer"]["callbacks"]
+            assert [cb["class_path"].rsplit(".", 1)[1] for cb in callbacks] == expected
+            assert callbacks[0]["init_args"]["direction_path"] == str(layout.direction_file(root, "vrev", seed))
+            assert callbacks[-1]["init_args"].get("random_seed", seed) == seed
+    # the same study with the monitor written in every arm resolves to the very same run configs
+    repeated = _dry_run_configs(tmp_path / "b", {"name": "finetune", "config": "toy.yaml"},
+                                {"plain": {"callbacks": [MONITOR]}, "blocked": {"callbacks": [MONITOR, BLOCKER]}})
+    as_text = {k: json.dumps(v).replace(str(tmp_path / "b"), str(tmp_path / "a")) for k, v in repeated.items()}
+    assert as_text == {k: json.dumps(v) for k, v in inherited.items()}
+
+
+def test_final_phase_callbacks_are_checked(tmp_path: Path) -> None:
+    unknown = write_study(tmp_path, final={"name": "finetune", "config": "toy.yaml", "callbacks": [
+        {"class_path": "a.B", "init_args": {"p": "{directions.nope}"}}]})
+    with pytest.raises(ConfigError, match=r"phase 'finetune': placeholder \{directions.nope\} names no direction"):
+        run_study(unknown)
+    no_class = write_study(tmp_path, final={"name": "finetune", "config": "toy.yaml", "callbacks": [{"x": 1}]})
+    with pytest.raises(ConfigError, match=r"phase 'finetune': each callback needs a class_path"):
+        run_study(no_class)
 
 
 def test_tensorboard_layout_and_hparams(study: tuple[Path, Path, str]) -> None:
@@ -289,7 +361,7 @@ def test_progress_line_names_the_run_step_and_loss() -> None:
 
     import torch
 
-    from testbed.progress import StudyProgress
+    from testbed.study.progress import StudyProgress
 
     stream = io.StringIO()
     progress = StudyProgress("[3/12] phase 'finetune' arm 'plain' seed 1", every_s=0.0, stream=stream)

@@ -29,6 +29,10 @@ __all__ = [
     "shared_version",
     "run_dir",
     "direction_file",
+    "direction_done_file",
+    "done_file",
+    "run_config_file",
+    "checkpoint_file",
     "parse_run",
     "is_finished",
 ]
@@ -61,6 +65,16 @@ class RunKey:
     def shared(self) -> bool:
         return self.phase is not None
 
+    @property
+    def version(self) -> str:
+        """The logger version of this run (its folder below the study folder)."""
+        return shared_version(self.phase, self.seed) if self.phase is not None else arm_version(self.arm, self.seed)
+
+    @classmethod
+    def of_shared(cls, phase: str, seed: int) -> RunKey:
+        """The key of shared phase ``phase`` for ``seed`` (what ``parse_run`` gives back for its folder)."""
+        return cls(f"{SHARED}/{phase}", int(seed), phase)
+
 
 def arm_version(arm: str, seed: int) -> str:
     """The logger version (path below the study folder) of an arm's run."""
@@ -74,13 +88,32 @@ def shared_version(phase: str, seed: int) -> str:
 
 def run_dir(study_root: Path, key: RunKey) -> Path:
     """The folder of the run ``key`` under the study folder."""
-    version = shared_version(key.phase, key.seed) if key.phase is not None else arm_version(key.arm, key.seed)
-    return Path(study_root) / version
+    return Path(study_root) / key.version
 
 
 def direction_file(study_root: Path, name: str, seed: int) -> Path:
     """Where the study keeps direction ``name`` for ``seed``."""
     return Path(study_root) / SHARED / DIRECTIONS / f"seed={int(seed)}" / f"{name}.pt"
+
+
+def direction_done_file(study_root: Path, name: str, seed: int) -> Path:
+    """The marker written (atomically, last) once direction ``name`` for ``seed`` is complete."""
+    return direction_file(study_root, name, seed).with_suffix(".done.json")
+
+
+def done_file(folder: Path) -> Path:
+    """The run's ``DONE.json``: written last, it records that the run finished and with which config."""
+    return Path(folder) / DONE
+
+
+def run_config_file(folder: Path) -> Path:
+    """The run's fully resolved fit config (``python -m testbed fit --config`` reruns it)."""
+    return Path(folder) / RUN_CONFIG
+
+
+def checkpoint_file(folder: Path) -> Path:
+    """The run's final weights, which the next phase starts from."""
+    return Path(folder) / LAST_CHECKPOINT
 
 
 def parse_run(study_root: Path, folder: Path) -> RunKey:
@@ -99,4 +132,4 @@ def parse_run(study_root: Path, folder: Path) -> RunKey:
 
 def is_finished(folder: Path) -> bool:
     """Whether the run in ``folder`` finished (its ``DONE.json`` exists)."""
-    return (Path(folder) / DONE).is_file()
+    return done_file(folder).is_file()

@@ -1,13 +1,13 @@
-"""TensorBoard side by side for a study.
+"""TensorBoard side by side for a study: HParams sessions per run, one layout and HParams experiment per study.
 
 * Each run gets an HParams *session* (its hyper-parameters: study, phase, arm, seed, key model settings).
 * The study root gets one event file holding (a) a custom-scalars layout with one Multiline chart per tag, so
   every arm of a metric lands in one chart, and (b) the HParams *experiment*: the union of hyper-parameters and
   the list of metric tags, so the HParams view shows each run's last value of each metric.
 
-Why not ``TensorBoardLogger.log_hyperparams(params, metrics)``: it logs the metric values at step 0 into the very
-tags it names, which would add a spurious point to each curve; and one experiment per run makes TensorBoard pick
-an arbitrary run's (metric-less) experiment. So runs carry sessions only, and the root carries the experiment.
+``TensorBoardLogger.log_hyperparams(params, metrics)`` is not used: it logs the metric values at step 0 into the
+very tags it names, which would add a spurious point to each curve, and one experiment per run makes TensorBoard
+pick an arbitrary run's (metric-less) experiment. So runs carry sessions only, and the root carries the experiment.
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from testbed.study.layout import LAYOUT_SUFFIX  # noqa: E402,F401
+from testbed.study.layout import LAYOUT_SUFFIX
+
+__all__ = [
+    "scalar_hparams",
+    "clean_hparams",
+    "write_session",
+    "custom_scalars_layout",
+    "write_study_root",
+    "scalar_tags",
+]
 
 
 def scalar_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -45,12 +54,24 @@ def clean_hparams(hp: dict[str, Any]) -> dict[str, bool | float | str]:
     return {key: _hparam_value(value) for key, value in hp.items()}
 
 
+def _file_writer(writer: Any) -> Any:
+    """The open event-file writer of a ``SummaryWriter`` (its public ``file_writer``, set while it is open)."""
+    if writer.file_writer is None:
+        raise RuntimeError("the SummaryWriter is closed; HParams cannot be written to it")
+    return writer.file_writer
+
+
 def write_session(writer: Any, hp: dict[str, Any]) -> None:
-    """Write the HParams session start/end for one run through a ``SummaryWriter`` (e.g. the logger's)."""
+    """Write the HParams session start/end for one run.
+
+    Args:
+        writer: the run's ``SummaryWriter`` (e.g. ``TensorBoardLogger.experiment``).
+        hp: the run's hyper-parameters.
+    """
     from torch.utils.tensorboard.summary import hparams
 
     _exp, ssi, sei = hparams(clean_hparams(hp), {})
-    file_writer = writer._get_file_writer()
+    file_writer = _file_writer(writer)
     file_writer.add_summary(ssi)
     file_writer.add_summary(sei)
     writer.flush()
@@ -66,7 +87,16 @@ def custom_scalars_layout(tags: Iterable[str]) -> dict[str, dict[str, list]]:
 
 
 def write_study_root(root: Path, tags: Iterable[str], all_hparams: list[dict[str, Any]]) -> Path:
-    """(Re)write the study root's layout + HParams experiment event file; returns its path."""
+    """(Re)write the study root's layout and HParams experiment event file, replacing older ones.
+
+    Args:
+        root: the study folder.
+        tags: the scalar tags logged by the study's runs.
+        all_hparams: every finished run's hyper-parameters.
+
+    Returns:
+        The event file written.
+    """
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
@@ -81,15 +111,14 @@ def write_study_root(root: Path, tags: Iterable[str], all_hparams: list[dict[str
             for key, value in clean_hparams(hp).items():
                 union.setdefault(key, value)
         exp, _ssi, _sei = hparams(union, {tag: 0.0 for tag in tags})
-        writer._get_file_writer().add_summary(exp)
+        _file_writer(writer).add_summary(exp)
         writer.flush()
-        path = Path(writer._get_file_writer().get_logdir())
         new = set(root.glob(f"events.out.tfevents.*{LAYOUT_SUFFIX}")) - set(old)
     finally:
         writer.close()
     for stale in old:  # only the file just written should define the layout
         stale.unlink(missing_ok=True)
-    return next(iter(new)) if new else path
+    return next(iter(new)) if new else root
 
 
 def scalar_tags(run_dir: Path) -> set[str]:

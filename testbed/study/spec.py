@@ -1,33 +1,46 @@
-"""The study file: a training history (shared phases → optional directions → final phase forked into arms),
-repeated over seeds. This module holds the typed spec (parsed by jsonargparse from ``--config study.yaml``, so
-relative paths resolve against the study file), its validation, and the pure config algebra used to build each
-run's fully resolved fit config: YAML deep merge, dotted-key overrides and ``{...}`` placeholders.
+"""The study file as typed specs, and its validation into a ``Study``.
+
+A study is a training history (shared phases → directions → final phase forked into arms) repeated over seeds.
+jsonargparse parses ``--config study.yaml`` into these dataclasses, resolving config paths against the study file;
+``validate_study`` checks names, references, files and placeholders before any run is planned, and expands sweeps
+into arms.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from jsonargparse.typing import Path_fr
 
 from testbed.errors import ConfigError
+from testbed.study.config_algebra import placeholders_in
+
+__all__ = [
+    "ConfigPath",
+    "SAFE_NAME",
+    "PhaseSpec",
+    "FinalPhaseSpec",
+    "DirectionSpec",
+    "ArmSpec",
+    "SweepSpec",
+    "Study",
+    "expand_sweeps",
+    "validate_study",
+]
 
 # A file path that jsonargparse resolves relative to the study file (and checks exists) when it parses the study.
 ConfigPath = Path_fr
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.,=+-]*$")
-PLACEHOLDER = re.compile(r"\{(seed|run_dir|directions\.[^{}.]+|phases\.[^{}.]+\.ckpt)\}")
 
 
 @dataclass
 class PhaseSpec:
-    """One phase of the history: an ordinary ``fit`` config.
+    """One shared phase of the history: an ordinary ``fit`` config.
 
     Args:
         name: phase name (a folder name: letters, digits, ``_.,=+-``).
@@ -38,6 +51,20 @@ class PhaseSpec:
     name: str
     config: ConfigPath
     overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FinalPhaseSpec(PhaseSpec):
+    """The phase that forks into arms.
+
+    Args:
+        name: phase name (a folder name: letters, digits, ``_.,=+-``).
+        config: the phase's fit config, relative to the study file.
+        overrides: dotted-key overrides applied to that config (before each arm's changes).
+        callbacks: callbacks (``class_path``/``init_args``) every arm gets, before its own; e.g. the monitor.
+    """
+
+    callbacks: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -68,7 +95,7 @@ class ArmSpec:
     Args:
         config: optional partial fit config (relative to the study file) deep-merged over the final phase's.
         overrides: dotted-key overrides, applied after ``config``.
-        callbacks: callbacks (``class_path``/``init_args``) appended to ``trainer.callbacks``.
+        callbacks: callbacks (``class_path``/``init_args``) appended after the final phase's callbacks.
     """
 
     config: ConfigPath | None = None
@@ -91,116 +118,34 @@ class SweepSpec:
 
 @dataclass
 class Study:
-    """A validated study, with sweeps expanded into arms."""
+    """A validated study, with sweeps expanded into arms.
+
+    Attributes:
+        arm_values: arm -> the overrides that define it (shown in TensorBoard's HParams view).
+    """
 
     name: str
     runs_dir: Path
     seeds: list[int]
     phases: list[PhaseSpec]
     directions: dict[str, DirectionSpec]
-    final: PhaseSpec
+    final: FinalPhaseSpec
     arms: dict[str, ArmSpec]
-    arm_values: dict[str, dict[str, Any]]  # arm -> the overrides that define it (for HParams)
+    arm_values: dict[str, dict[str, Any]]
 
     @property
     def root(self) -> Path:
         return self.runs_dir / self.name
 
 
-def load_yaml_mapping(path: Path, owner: str) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping; errors name ``owner`` (e.g. ``phase 'align'``)."""
-    if not path.is_file():
-        raise ConfigError(f"{owner}: config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{owner}: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{owner}: {path} must hold a mapping of fit options, got {type(data).__name__}")
-    return data
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``update`` into a copy of ``base``: mappings merge key by key, everything else is replaced.
-
-    A mapping whose ``class_path`` changes is replaced whole, since the old ``init_args`` belong to another class.
-    """
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        old = out.get(key)
-        same_class = not (isinstance(value, dict) and "class_path" in value and isinstance(old, dict)) or (
-            old.get("class_path") == value["class_path"]
-        )
-        if isinstance(old, dict) and isinstance(value, dict) and same_class:
-            out[key] = deep_merge(old, value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def set_dotted(config: dict[str, Any], key: str, value: Any, owner: str) -> None:
-    """Set ``config[a][b][c] = value`` for ``key='a.b.c'`` (integers index lists), creating mappings as needed."""
-    parts = key.split(".")
-    node: Any = config
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"{owner}: override {key!r}: {'.'.join(parts[:i])} has no item {part}")
-            if last:
-                node[int(part)] = copy.deepcopy(value)
-            else:
-                node = node[int(part)]
-            continue
-        if not isinstance(node, dict):
-            raise ConfigError(f"{owner}: override {key!r}: {'.'.join(parts[:i])} is a value, not a mapping")
-        if last:
-            node[part] = copy.deepcopy(value)
-        else:
-            node = node.setdefault(part, {})
-
-
-def apply_overrides(config: dict[str, Any], overrides: dict[str, Any], owner: str) -> dict[str, Any]:
-    """A copy of ``config`` with dotted-key ``overrides`` set in order."""
-    out = copy.deepcopy(config)
-    for key, value in overrides.items():
-        set_dotted(out, key, value, owner)
-    return out
-
-
-def placeholders_in(value: Any) -> set[str]:
-    """All ``{...}`` placeholder names used anywhere in a nested config value."""
-    if isinstance(value, str):
-        return set(PLACEHOLDER.findall(value))
-    if isinstance(value, dict):
-        return set().union(*(placeholders_in(v) for v in value.values())) if value else set()
-    if isinstance(value, list):
-        return set().union(*(placeholders_in(v) for v in value)) if value else set()
-    return set()
-
-
-def substitute(value: Any, table: dict[str, Any]) -> Any:
-    """Replace placeholders in every string; a string that is exactly ``{seed}`` becomes the integer seed."""
-    if isinstance(value, str):
-        whole = PLACEHOLDER.fullmatch(value)
-        if whole and not isinstance(table[whole.group(1)], str):
-            return table[whole.group(1)]
-        return PLACEHOLDER.sub(lambda m: str(table[m.group(1)]), value)
-    if isinstance(value, dict):
-        return {k: substitute(v, table) for k, v in value.items()}
-    if isinstance(value, list):
-        return [substitute(v, table) for v in value]
-    return value
-
-
 def _format_value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def expand_sweeps(arms: dict[str, ArmSpec], sweeps: dict[str, SweepSpec]) -> tuple[dict[str, ArmSpec], dict]:
-    """Arms plus one arm per grid point of each sweep; also returns each arm's defining overrides."""
+def expand_sweeps(
+    arms: dict[str, ArmSpec], sweeps: dict[str, SweepSpec]
+) -> tuple[dict[str, ArmSpec], dict[str, dict[str, Any]]]:
+    """The arms plus one arm per grid point of each sweep, and each arm's defining overrides."""
     out = dict(arms)
     values: dict[str, dict[str, Any]] = {name: dict(arm.overrides) for name, arm in arms.items()}
     for sweep_name, sweep in sweeps.items():
@@ -234,6 +179,12 @@ def _check_file(path: Any, owner: str) -> None:
         raise ConfigError(f"{owner}: config file not found: {path.absolute}")
 
 
+def _check_callbacks(callbacks: list[Any], owner: str) -> None:
+    for cb in callbacks:
+        if not isinstance(cb, dict) or "class_path" not in cb:
+            raise ConfigError(f"{owner}: each callback needs a class_path, got {cb!r}")
+
+
 def _check_placeholders(value: Any, owner: str, directions: dict, phases_so_far: list[str]) -> None:
     for name in placeholders_in(value):
         if name.startswith("directions.") and name.split(".", 1)[1] not in directions:
@@ -242,20 +193,7 @@ def _check_placeholders(value: Any, owner: str, directions: dict, phases_so_far:
             raise ConfigError(f"{owner}: placeholder {{{name}}} names no earlier phase; earlier: {phases_so_far}")
 
 
-def validate_study(
-    name: str,
-    runs_dir: str,
-    seeds: list[int],
-    phases: list[PhaseSpec],
-    directions: dict[str, DirectionSpec],
-    final: PhaseSpec,
-    arms: dict[str, ArmSpec],
-    sweeps: dict[str, SweepSpec],
-) -> Study:
-    """Check names, references, files and placeholders; expand sweeps. Raises ``ConfigError`` naming the culprit."""
-    _check_name(name, "study")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+def _check_phases(phases: list[PhaseSpec], final: FinalPhaseSpec, directions: dict[str, DirectionSpec]) -> None:
     names = [p.name for p in phases] + [final.name]
     for phase_name in names:
         _check_name(phase_name, "phase")
@@ -264,8 +202,9 @@ def validate_study(
     for i, phase in enumerate([*phases, final]):
         owner = f"phase {phase.name!r}"
         _check_file(phase.config, owner)
-        earlier = names[:i]
-        _check_placeholders(phase.overrides, owner, directions if phase is final else {}, earlier)
+        _check_placeholders(phase.overrides, owner, directions if phase is final else {}, names[:i])
+    _check_callbacks(final.callbacks, f"phase {final.name!r}")
+    _check_placeholders(final.callbacks, f"phase {final.name!r}", directions, names[:-1])
     for dname, spec in directions.items():
         _check_name(dname, "direction")
         shared = names[:-1]
@@ -274,6 +213,37 @@ def validate_study(
                 raise ConfigError(f"direction {dname!r}: {role} {getattr(spec, role)!r} is not a shared phase {shared}")
         if not spec.layers:
             raise ConfigError(f"direction {dname!r}: layers must name at least one layer")
+
+
+def validate_study(
+    name: str,
+    runs_dir: str,
+    seeds: list[int],
+    phases: list[PhaseSpec],
+    directions: dict[str, DirectionSpec],
+    final: FinalPhaseSpec,
+    arms: dict[str, ArmSpec],
+    sweeps: dict[str, SweepSpec],
+) -> Study:
+    """Check names, references, files and placeholders, and expand sweeps into arms.
+
+    Args:
+        name: the study name.
+        runs_dir: root folder of all runs.
+        seeds: distinct seeds.
+        phases: the shared phases in order.
+        directions: direction name -> spec.
+        final: the phase that forks into arms.
+        arms: arm name -> spec (none: one arm named after the final phase).
+        sweeps: sweep name -> grid.
+
+    Raises:
+        ConfigError: naming the study, phase, direction, arm or sweep at fault.
+    """
+    _check_name(name, "study")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    _check_phases(phases, final, directions)
     for arm_name in arms:
         _check_name(arm_name, "arm")
     for sweep_name in sweeps:
@@ -281,12 +251,11 @@ def validate_study(
         if sweep_name in arms:
             raise ConfigError(f"sweep {sweep_name!r} has the same name as an arm")
     all_arms, arm_values = expand_sweeps(arms or {final.name: ArmSpec()}, sweeps)
+    shared = [p.name for p in phases]
     for arm_name, arm in all_arms.items():
         owner = f"arm {arm_name!r}"
         if arm.config is not None:
             _check_file(arm.config, owner)
-        for cb in arm.callbacks:
-            if not isinstance(cb, dict) or "class_path" not in cb:
-                raise ConfigError(f"{owner}: each callback needs a class_path, got {cb!r}")
-        _check_placeholders([arm.overrides, arm.callbacks], owner, directions, names[:-1])
+        _check_callbacks(arm.callbacks, owner)
+        _check_placeholders([arm.overrides, arm.callbacks], owner, directions, shared)
     return Study(name, Path(runs_dir).absolute(), list(seeds), phases, directions, final, all_arms, arm_values)

@@ -11,6 +11,8 @@ from typing import Any, TextIO
 
 import pytorch_lightning as pl
 
+__all__ = ["StudyProgress", "format_metrics"]
+
 
 def format_metrics(metrics: dict[str, Any], names: tuple[str, ...], limit: int = 2) -> str:
     """``name=value`` for the first ``limit`` of ``names`` present in ``metrics`` (falling back to train/*)."""
