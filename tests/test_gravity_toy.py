@@ -147,4 +147,5 @@ def test_every_arm_of_the_study_validates(tmp_path: Path, run_cli) -> None:
     }
     control = yaml.safe_load((tmp_path / "runs/gravity_toy/random-control/seed=2/run_config.yaml").read_text())
     blocker = control["trainer"]["callbacks"][-1]["init_args"]
-    assert blocker["random_direction"] is True and blocker["random_seed"] == 2 and blocker["one_sided"] is True
+    assert blocker["direction"]["random"] is True and blocker["direction"]["random_seed"] == 2
+    assert blocker["projection"]["one_sided"] is True

@@ -49,7 +49,7 @@ def write_study(folder: Path, name: str = "tiny", **changes: object) -> Path:
             "monitored": {
                 "overrides": {"model.init_args.coupling": 1.0},
                 "callbacks": [{"class_path": "testbed.interventions.ReversionMonitor",
-                               "init_args": {"direction_path": "{directions.vrev}"}}],
+                               "init_args": {"direction": {"path": "{directions.vrev}"}}}],
             },
         },
     }
@@ -102,7 +102,7 @@ def test_layout_commands_and_phase_chaining(study: tuple[Path, Path, str]) -> No
         assert arm["model"]["init_args"]["coupling"] == 1.0
         vrev = root / f"_shared/_directions/seed={seed}/vrev.pt"
         assert vrev.is_file()
-        assert arm["trainer"]["callbacks"][-1]["init_args"]["direction_path"] == str(vrev)
+        assert arm["trainer"]["callbacks"][-1]["init_args"]["direction"]["path"] == str(vrev)
         assert done(root / f"plain/seed={seed}")["global_step"] == 5
     assert printed.count("python -m testbed fit --config") == 8
     assert "compute direction 'vrev' seed 0" in printed
@@ -266,9 +266,9 @@ def test_dry_run_writes_configs_and_runs_nothing(tmp_path: Path) -> None:
 
 
 MONITOR = {"class_path": "testbed.interventions.ReversionMonitor",
-           "init_args": {"direction_path": "{directions.vrev}", "every_n_steps": 2}}
+           "init_args": {"direction": {"path": "{directions.vrev}"}, "every_n_steps": 2}}
 BLOCKER = {"class_path": "testbed.interventions.UpdateProjectionBlocker",
-           "init_args": {"direction_path": "{directions.vrev}", "random_direction": True, "random_seed": "{seed}"}}
+           "init_args": {"direction": {"path": "{directions.vrev}", "random": True, "random_seed": "{seed}"}}}
 
 
 def _dry_run_configs(folder: Path, final: dict, arms: dict) -> dict[str, dict]:
@@ -288,7 +288,7 @@ def test_arms_get_the_final_phase_callbacks_before_their_own(tmp_path: Path) -> 
         for seed in (0, 1):
             callbacks = inherited[f"{arm}/seed={seed}/run_config.yaml"]["trainer"]["callbacks"]
             assert [cb["class_path"].rsplit(".", 1)[1] for cb in callbacks] == expected
-            assert callbacks[0]["init_args"]["direction_path"] == str(layout.direction_file(root, "vrev", seed))
+            assert callbacks[0]["init_args"]["direction"]["path"] == str(layout.direction_file(root, "vrev", seed))
             assert callbacks[-1]["init_args"].get("random_seed", seed) == seed
     # the same study with the monitor written in every arm resolves to the very same run configs
     repeated = _dry_run_configs(tmp_path / "b", {"name": "finetune", "config": "toy.yaml"},
