@@ -94,8 +94,8 @@ def test_gravitational_effect_one_seed(tmp_path: Path) -> None:
     component at zero, one-sided blocking turns it negative, the random-direction control does neither."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    import experiments.toy.gravity.run as gravity_run
     from testbed.__main__ import main
+    from testbed.report import build_report
 
     main(["study", "--config", str(STUDY), "--runs_dir", str(tmp_path / "runs"), "--seeds", "[1]", "--quiet", "true"])
     root = tmp_path / "runs" / "gravity_toy"
@@ -114,7 +114,8 @@ def test_gravitational_effect_one_seed(tmp_path: Path) -> None:
     assert one_sided[max(one_sided)] < -0.05  # seed 1 alone: -0.156
     assert min(control.values()) > thr
     assert torch.isfinite(torch.tensor(list(plain.values()))).all()
-    gravity_run.summarize(root, [1])
+    report = build_report(root, spec=STUDY.parent / "report.yaml", out=tmp_path / "report", plots=False)
+    assert (tmp_path / "report" / "report.md").is_file() and report
 
 
 def test_every_arm_of_the_study_validates(tmp_path: Path, run_cli) -> None:
