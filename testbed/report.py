@@ -185,7 +185,7 @@ def threshold_rows(groups: dict[str, list[RunLog]], specs: list[str]) -> list[di
 
 def _fit(series: Series, window: tuple[int, int] | None) -> tuple[float, float]:
     """(exponent, coefficient) of value ≈ coefficient · step^exponent over the window (positive points only)."""
-    from theory.quartic import fit_loglog_slope  # imported here: sympy is not needed to read logs
+    from theory.fit import fit_loglog_slope  # imported here: reading logs needs no theory until a fit is asked for
     steps, values = series
     keep = np.ones_like(steps, dtype=bool) if window is None else (steps >= window[0]) & (steps <= window[1])
     slope, intercept = fit_loglog_slope(steps[keep].astype(np.float64), values[keep])
