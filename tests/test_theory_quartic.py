@@ -8,11 +8,11 @@ import sympy as sp
 import torch
 
 from testbed.errors import ConfigError
+from theory.derivation import derive
+from theory.fit import fit_loglog_slope
 from theory.quartic import (
-    derive,
     exact_alignment_loss_flow,
     exact_alignment_loss_gd,
-    fit_loglog_slope,
     flow_series_coefficients,
     gd_series_coefficients,
     leading_coefficient,
@@ -187,18 +187,7 @@ def test_no_coupling_at_all_stays_at_numerical_zero() -> None:
     assert leading_coefficient(lam, U, H_block, g0) < 1e-28
 
 
-# ---- fits and errors ----------------------------------------------------------------------------------------------
-
-
-def test_fit_loglog_slope_recovers_power_law_and_skips_bad_points() -> None:
-    x = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
-    y = 3.0 * x**4.5
-    y[0], y[3] = -1.0, np.nan
-    slope, intercept = fit_loglog_slope(torch.as_tensor(x), y)
-    assert slope == pytest.approx(4.5, abs=1e-12) and intercept == pytest.approx(np.log(3.0), abs=1e-12)
-    assert all(np.isnan(fit_loglog_slope([1.0, 2.0], [0.0, 1.0])))
-    with pytest.raises(ConfigError, match="same length"):
-        fit_loglog_slope([1.0, 2.0], [1.0])
+# ---- errors -----------------------------------------------------------------------------------------------------
 
 
 def test_bad_inputs_are_config_errors() -> None:

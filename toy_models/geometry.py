@@ -27,7 +27,7 @@ from testbed.errors import ConfigError
 from testbed.protocol import TestbedModule
 from testbed.step_log import log_at_step
 from testbed.tags import ALIGN, FIT, GEOMETRY, THEORY, tag
-from theory.quartic import fit_loglog_slope
+from theory.fit import fit_loglog_slope
 
 # A loss at or below NUMERICAL_ZERO, or a displacement in S below RELATIVE_ZERO times ‖δ‖, is float64 round-off of
 # a zero projection: it is logged but enters no log-log fit and no ratio.

@@ -76,10 +76,7 @@ def area(steps: np.ndarray, values: np.ndarray) -> float:
 
 def loglog_fit(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     """(exponent, coefficient) of value ≈ coefficient · step^exponent over positive points; nan if under-determined."""
-    try:  # the general fit moves to theory.fit; theory.quartic still has it on older trees
-        from theory.fit import fit_loglog_slope
-    except ImportError:
-        from theory.quartic import fit_loglog_slope
+    from theory.fit import fit_loglog_slope
     slope, intercept = fit_loglog_slope(np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64))
     return float(slope), math.exp(intercept) if math.isfinite(intercept) else float("nan")
 
