@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from testbed.errors import TestbedError, one_line, testbed_cause
 
-__all__ = ["ORCHESTRATION_VERBS", "run_verb", "main"]
+__all__ = ["ORCHESTRATION_VERBS", "quiet_third_party", "run_verb", "main"]
 
 # verb -> "module:function"; imported lazily so `fit` does not pay for report/plotting imports.
 ORCHESTRATION_VERBS = {
@@ -30,7 +30,7 @@ class _DropLightningTips(logging.Filter):
         return "Tip:" not in record.getMessage()
 
 
-def _quiet_third_party() -> None:
+def quiet_third_party() -> None:
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLightningTips())
     # Lightning 2.6 on torch 2.13 warns about its own use of a deprecated torch pytree class on every run.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -56,7 +56,7 @@ def run_verb(args: Sequence[str] | None = None) -> object:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point; bad input prints one ``testbed: error: ...`` line and exits with status 2."""
-    _quiet_third_party()
+    quiet_third_party()
     from jsonargparse import ArgumentError
 
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-QUARTIC = "experiments/toy/quartic.yaml"
-NEURAL = "experiments/toy/neural.yaml"
+QUARTIC = "experiments/toy_regimes/quartic.yaml"
+NEURAL = "experiments/neural_toy/neural.yaml"
 SHORT = ["--trainer.max_steps", "15", "--model.init_args.fit_window", "[5, 15]"]
 
 

@@ -21,7 +21,7 @@ from testbed.errors import CheckpointError, ConfigError
 from testbed.probes import ProbeSet
 from toy_models.gravity import GravityData, GravityMLP
 
-GRAVITY_PRETRAIN = "experiments/toy/gravity/pretrain.yaml"
+GRAVITY_PRETRAIN = "experiments/gravity_toy/pretrain.yaml"
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -13,7 +13,7 @@ from testbed.probes import ProbeSet
 from toy_models.gravity import GravityData, GravityMLP, GravitySettings, GravityWorld
 
 REPO = Path(__file__).resolve().parents[1]
-STUDY = REPO / "experiments/toy/gravity/study.yaml"
+STUDY = REPO / "experiments/gravity_toy/study.yaml"
 
 
 def test_world_phases_have_the_intended_labels() -> None:
@@ -62,6 +62,7 @@ def _tiny_study(tmp_path: Path, seeds: list[int], steps: dict[str, int], arms: l
         phase["config"] = str(STUDY.parent / phase["config"])
         phase["overrides"] = {"trainer.max_steps": steps[phase["name"]]}
     study["final"]["config"] = str(STUDY.parent / study["final"]["config"])
+    study["report"] = str(STUDY.parent / study["report"])
     study["final"]["overrides"] = {"trainer.max_steps": steps["finetune"]}
     study["seeds"] = seeds
     study["runs_dir"] = str(tmp_path / "runs")

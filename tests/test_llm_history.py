@@ -16,7 +16,7 @@ from tests.conftest import REPO_ROOT
 
 FAST = OptimizerSettings(lr=0.01)
 
-LLM = REPO_ROOT / "experiments" / "llm"
+LLM = REPO_ROOT / "experiments" / "llm_safety"
 TINY_OVERRIDES = {
     "model.init_args.model_config": {"n_layer": 1, "n_head": 2, "n_embd": 16, "n_positions": 48},
     "data.init_args.world": {"pretrain_size": 64, "align_size": 32, "finetune_size": 32, "eval_size": 12},
@@ -37,6 +37,7 @@ def _tiny_study(tmp_path: Path) -> Path:
         phase["config"] = str(LLM / phase["config"])
         phase["overrides"] = dict(TINY_OVERRIDES)
     study["directions"]["vrev"]["layers"] = ["blocks.0.resid_post"]
+    study["report"] = str(LLM / study["report"])
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     return path

@@ -343,7 +343,7 @@ def test_generic_report_from_options_and_spec_in_the_run_folder(study: Path, tmp
 
 
 def test_the_repository_specs_name_the_studies_arms() -> None:
-    for folder in (REPO / "experiments" / "toy" / "gravity", REPO / "experiments" / "llm"):
+    for folder in (REPO / "experiments" / "gravity_toy", REPO / "experiments" / "llm_safety"):
         spec = load_spec(folder / "report.yaml")
         arms = set(yaml.safe_load((folder / "study.yaml").read_text())["arms"])
         rows = [a for t in spec.tables for a in t.rows if not a.startswith(f"{SHARED}/")]

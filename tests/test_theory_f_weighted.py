@@ -24,7 +24,7 @@ UNEQUAL = np.array([1.0, 4.0, 20.0, 100.0])  # F's eigenvalues on S, two decades
 
 
 def toy_landscape(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """U [32, 4], H, g0 of experiments/toy/quartic.yaml's landscape (P_S g0 = 0, coupling 0.5)."""
+    """U [32, 4], H, g0 of experiments/toy_regimes/quartic.yaml's landscape (P_S g0 = 0, coupling 0.5)."""
     return build_landscape(32, 4, 0.5, 0.0, (0.2, 1.0), 1.0, seed)
 
 

@@ -104,8 +104,8 @@ def test_probe_layers(benign):
 
 @pytest.mark.slow
 def test_neural_report_side_by_side(tmp_path, monkeypatch):
-    from experiments.toy.common import fit
-    from experiments.toy.neural_report import CONFIGS, side_by_side
+    from experiments.inprocess import fit
+    from experiments.neural_toy.decompose import CONFIGS, side_by_side
 
     monkeypatch.chdir(tmp_path)
     benign, raw = (side_by_side(fit(c, save_dir=str(tmp_path))) for c in CONFIGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ def scalars(run_dir, name: str) -> list[tuple[int, float]]:
 
 def test_quartic_config_meets_acceptance(run_cli, tmp_path):
     """The headline config: exponent 4 ± 0.1 and measured/predicted within 10%, every tag logged every step."""
-    assert run_cli(["fit", "--config", "experiments/toy/quartic.yaml"]) == 0
+    assert run_cli(["fit", "--config", "experiments/toy_regimes/quartic.yaml"]) == 0
     run = tmp_path / "runs" / "quartic" / "aic_holds"
     ((_, exponent),) = scalars(run, "fit/exponent")
     ((_, ratio),) = scalars(run, "fit/coefficient_ratio")
@@ -128,18 +129,26 @@ def test_impossible_knobs_raise_config_error(knobs, message):
 
 
 @pytest.mark.slow
-def test_sweep_and_regime_scripts_meet_acceptance(tmp_path, monkeypatch):
-    """The full 3 × 3 sweep and the regime table, through the same CLI path as the scripts."""
-    from experiments.toy.quartic_sweep import scaling_fit, sweep
-    from experiments.toy.regimes_table import regime_rows
+def test_sweep_and_regimes_study_meet_acceptance(tmp_path, monkeypatch):
+    """The 3 × 3 scaling sweep and the regimes study (one seed), through the same CLI path as the commands."""
+    from experiments.toy_regimes.scaling import scaling_fit, sweep
+    from testbed.__main__ import main
+    from testbed.report import read_scalars
 
     monkeypatch.chdir(tmp_path)
     fit = scaling_fit(sweep([2.0, 5.0, 10.0], [0.1, 0.25, 0.5], save_dir=str(tmp_path)))
     assert fit["lambda_exponent"] == pytest.approx(1.0, abs=0.01)
     assert fit["coupling_exponent"] == pytest.approx(2.0, abs=0.02)
     assert fit["r2"] > 0.999
-    aic, broken, uncoupled = regime_rows(str(tmp_path))
-    assert aic["exponent"] == pytest.approx(4.0, abs=0.1) and aic["ratio"] == pytest.approx(1.0, abs=0.1)
-    assert broken["exponent"] == pytest.approx(2.0, abs=0.1) and broken["predicted_exponent"] == 2
-    assert uncoupled["predicted_exponent"] is None and math.isnan(uncoupled["exponent"])
-    assert uncoupled["max_loss"] < 1e-28
+    study = Path(__file__).resolve().parents[1] / "experiments" / "toy_regimes" / "study.yaml"
+    main(["study", "--config", str(study), "--runs_dir", str(tmp_path / "runs"), "--seeds", "[0]", "--quiet", "true"])
+
+    def last(arm: str) -> dict[str, float]:
+        return {tag: float(values[-1]) for tag, (_, values) in read_scalars(tmp_path / "runs" / "toy_regimes" / arm /
+                                                                            "seed=0").items()}  # fmt: skip
+
+    aic, broken, uncoupled = last("aic_holds"), last("orthogonality_broken"), last("no_coupling")
+    assert aic["fit/exponent"] == pytest.approx(4.0, abs=0.01)
+    assert aic["fit/coefficient_ratio"] == pytest.approx(1.0, abs=0.01)
+    assert broken["fit/exponent"] == pytest.approx(2.0, abs=0.05) and broken["theory/exponent"] == 2
+    assert "fit/exponent" not in uncoupled and uncoupled["align/max_loss"] < 1e-30

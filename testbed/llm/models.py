@@ -31,10 +31,10 @@ __all__ = [
 IGNORE_INDEX = -100
 
 BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
-    "gpt2": {"n_layer": 2, "n_head": 4, "n_embd": 64, "n_positions": 64, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+    "gpt2": {"n_layer": 2, "n_head": 4, "n_embd": 64, "n_positions": 48, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
              "attn_pdrop": 0.0},
     "llama": {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64,
-              "intermediate_size": 128, "max_position_embeddings": 64},
+              "intermediate_size": 128, "max_position_embeddings": 48},
 }  # fmt: skip
 
 

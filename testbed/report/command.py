@@ -15,10 +15,10 @@ from testbed.report.runs import Run, RunSet, compile_pattern, discover_runs, nat
 from testbed.report.spec import GENERATED, Spec, Table, check_tags, load_spec
 from testbed.report.tables import FilledTable, fill_table
 from testbed.report.writers import summary_rows, table_payload, to_csv, to_json, to_markdown
+from testbed.study import layout
 
-__all__ = ["SPEC_NAME", "build_report", "report_command"]
+__all__ = ["build_report", "report_command"]
 
-SPEC_NAME = "report.yaml"  # a spec with this name inside the run folder is used when --spec is not given
 
 
 def _listed(value: Any) -> list | None:
@@ -61,7 +61,7 @@ def _spec(root: Path, run_set: RunSet, spec: str | None, generic: dict[str, Any]
     if spec is not None and explicit:
         raise ConfigError("--steps, --threshold, --loglog and --fit_window make a table without a spec; "
                           "with --spec, put them in the spec")
-    path = Path(spec) if spec is not None else root / SPEC_NAME
+    path = Path(spec) if spec is not None else layout.report_spec_file(root)
     if spec is not None or (path.is_file() and not explicit):
         loaded = load_spec(path)
         loaded.tables = [_select(t, keep, known, loaded.source) for t in loaded.tables]

@@ -24,6 +24,7 @@ __all__ = [
     "RUN_CONFIG",
     "LAST_CHECKPOINT",
     "LAYOUT_SUFFIX",
+    "REPORT_SPEC",
     "RunKey",
     "arm_version",
     "shared_version",
@@ -31,6 +32,7 @@ __all__ = [
     "direction_file",
     "direction_done_file",
     "done_file",
+    "report_spec_file",
     "run_config_file",
     "checkpoint_file",
     "parse_run",
@@ -40,6 +42,7 @@ __all__ = [
 SHARED = "_shared"
 DIRECTIONS = "_directions"
 DONE = "DONE.json"
+REPORT_SPEC = "report.yaml"
 RUN_CONFIG = "run_config.yaml"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 # Suffix of the study root's own event file (custom-scalars layout and HParams experiment): not a run.
@@ -99,6 +102,11 @@ def direction_file(study_root: Path, name: str, seed: int) -> Path:
 def direction_done_file(study_root: Path, name: str, seed: int) -> Path:
     """The marker written (atomically, last) once direction ``name`` for ``seed`` is complete."""
     return direction_file(study_root, name, seed).with_suffix(".done.json")
+
+
+def report_spec_file(study_root: Path) -> Path:
+    """The study's report spec, copied into the study folder (``python -m testbed report`` reads it there)."""
+    return Path(study_root) / REPORT_SPEC
 
 
 def done_file(folder: Path) -> Path:

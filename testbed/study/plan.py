@@ -152,11 +152,19 @@ def _hparams(config: dict[str, Any], overrides: dict[str, Any], **labels: Any) -
     return {**labels, **settings, **others}
 
 
+def _with_overlays(study: Study, config: Path, owner: str) -> dict[str, Any]:
+    """A phase's config with the study's overlays merged in, in order."""
+    merged = load_yaml_mapping(config, owner)
+    for overlay in study.overlays:
+        merged = deep_merge(merged, load_yaml_mapping(overlay, f"overlay {overlay.name}"))
+    return merged
+
+
 def _phase_run(study: Study, phase: PhaseSpec, seed: int, prev: Run | None, table: dict[str, Any]) -> Run:
     owner = f"phase {phase.name!r}"
     key = RunKey.of_shared(phase.name, seed)
     run_dir = layout.run_dir(study.root, key)
-    merged = apply_overrides(load_yaml_mapping(Path(phase.config.absolute), owner), phase.overrides, owner)
+    merged = apply_overrides(_with_overlays(study, Path(phase.config.absolute), owner), phase.overrides, owner)
     table = {**table, "seed": seed, "run_dir": str(run_dir)}
     config = _resolve(merged, owner, seed, run_dir, prev.checkpoint if prev else None, table)
     config = _with_trainer(config, _logger(study, key), [])
@@ -172,7 +180,7 @@ def _arm_run(
     owner = f"phase {final.name!r} arm {arm_name!r}"
     key = RunKey(arm_name, seed)
     run_dir = layout.run_dir(study.root, key)
-    merged = load_yaml_mapping(Path(final.config.absolute), f"phase {final.name!r}")
+    merged = _with_overlays(study, Path(final.config.absolute), f"phase {final.name!r}")
     merged = apply_overrides(merged, final.overrides, owner)
     if arm.config is not None:
         merged = deep_merge(merged, load_yaml_mapping(Path(arm.config.absolute), owner))

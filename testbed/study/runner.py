@@ -22,9 +22,19 @@ import yaml
 
 from testbed.errors import ConfigError, TestbedError
 from testbed.io import atomic_write_text
+from testbed.study import layout
 from testbed.study.fit import check_configs, fit_run, quiet_lightning
 from testbed.study.plan import DirectionRun, Plan, Run, build_plan
-from testbed.study.spec import ArmSpec, DirectionSpec, FinalPhaseSpec, PhaseSpec, Study, SweepSpec, validate_study
+from testbed.study.spec import (
+    ArmSpec,
+    ConfigPath,
+    DirectionSpec,
+    FinalPhaseSpec,
+    PhaseSpec,
+    Study,
+    SweepSpec,
+    validate_study,
+)
 from testbed.study.tensorboard import scalar_tags, write_study_root
 
 __all__ = ["run_study", "study_command", "write_run_config"]
@@ -148,6 +158,8 @@ def run_study(study: Study, quiet: bool = False, dry_run: bool = False, rerun_ch
         f"study {study.name!r}: {len(study.phases)} shared phase(s), {len(study.directions)} direction(s), "
         f"{len(study.arms)} arm(s) x {len(study.seeds)} seed(s) = {n_runs} item(s) -> {_shown(study.root)}"
     )
+    if study.report is not None:
+        atomic_write_text(layout.report_spec_file(study.root), study.report.read_text(encoding="utf-8"))
     if dry_run:
         for run in plan.runs:
             say(f"python -m testbed fit --config {_shown(write_run_config(run))}")
@@ -174,6 +186,8 @@ def study_command(
     directions: dict[str, DirectionSpec] | None = None,
     sweeps: dict[str, SweepSpec] | None = None,
     seeds: list[int] | None = None,
+    overlays: list[ConfigPath] | None = None,
+    report: ConfigPath | None = None,
     runs_dir: str = "runs",
     quiet: bool = False,
     dry_run: bool = False,
@@ -194,6 +208,10 @@ def study_command(
             ``{directions.<name>}``.
         sweeps: sweep name -> ``grid`` of dotted keys to value lists (one arm per combination), optional ``base`` arm.
         seeds: seeds; each overrides ``seed_everything`` of every run (default ``[0]``).
+        overlays: partial fit configs merged into every phase and arm (e.g. the Llama configuration of a study
+            written for GPT-2); compose a variant as ``--config study.yaml --config variant.yaml``.
+        report: a report spec (relative to the study file), copied into the study folder, where
+            ``python -m testbed report <runs_dir>/<name>`` picks it up.
         runs_dir: root folder of all runs (relative to the working directory).
         quiet: no progress lines and no Lightning info messages (for CI).
         dry_run: write every run's config and print its command, but run nothing.
@@ -203,7 +221,7 @@ def study_command(
         raise ConfigError("a study needs a 'name' and a 'final' phase: give the study file with --config study.yaml")
     study = validate_study(
         name, runs_dir, list(seeds or [0]), list(phases or []), dict(directions or {}), final, dict(arms or {}),
-        dict(sweeps or {}),
+        dict(sweeps or {}), list(overlays or []), report,
     )
     try:
         run_study(study, quiet=quiet, dry_run=dry_run, rerun_changed=rerun_changed)

@@ -122,6 +122,8 @@ class Study:
 
     Attributes:
         arm_values: arm -> the overrides that define it (shown in TensorBoard's HParams view).
+        overlays: partial fit configs merged into every phase and arm (a variant of the whole study).
+        report: the report spec copied into the study folder (``python -m testbed report`` reads it there).
     """
 
     name: str
@@ -132,6 +134,8 @@ class Study:
     final: FinalPhaseSpec
     arms: dict[str, ArmSpec]
     arm_values: dict[str, dict[str, Any]]
+    overlays: list[Path] = field(default_factory=list)
+    report: Path | None = None
 
     @property
     def root(self) -> Path:
@@ -224,6 +228,8 @@ def validate_study(
     final: FinalPhaseSpec,
     arms: dict[str, ArmSpec],
     sweeps: dict[str, SweepSpec],
+    overlays: list[ConfigPath] | None = None,
+    report: ConfigPath | None = None,
 ) -> Study:
     """Check names, references, files and placeholders, and expand sweeps into arms.
 
@@ -236,6 +242,8 @@ def validate_study(
         final: the phase that forks into arms.
         arms: arm name -> spec (none: one arm named after the final phase).
         sweeps: sweep name -> grid.
+        overlays: partial fit configs merged into every phase and arm, in order.
+        report: the study's report spec.
 
     Raises:
         ConfigError: naming the study, phase, direction, arm or sweep at fault.
@@ -258,4 +266,11 @@ def validate_study(
             _check_file(arm.config, owner)
         _check_callbacks(arm.callbacks, owner)
         _check_placeholders([arm.overrides, arm.callbacks], owner, directions, shared)
-    return Study(name, Path(runs_dir).absolute(), list(seeds), phases, directions, final, all_arms, arm_values)
+    for i, overlay in enumerate(overlays or []):
+        _check_file(overlay, f"overlay {i}")
+    if report is not None:
+        _check_file(report, "report spec")
+    return Study(
+        name, Path(runs_dir).absolute(), list(seeds), phases, directions, final, all_arms, arm_values,
+        [Path(str(o.absolute)) for o in overlays or []], None if report is None else Path(str(report.absolute)),
+    )

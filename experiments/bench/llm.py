@@ -1,0 +1,235 @@
+"""LLM-track benchmark: wall time of one seed of the safety-world history, and tokens/s with and without blocking.
+
+    python experiments/bench/llm.py                 # all parts below that fit the machine
+    python experiments/bench/llm.py --part history  # pre-train, align, plain + update-projection fine-tune (1 seed)
+    python experiments/bench/llm.py --part tokens   # tokens/s: plain vs monitor + update projection (safety world)
+    python experiments/bench/llm.py --part lora     # LoRA fine-tune of the largest Llama that fits (GPU), ± blocking
+
+Figures are printed with the machine's load average (the CPU may be shared) and the process CPU time, which
+does not grow with other processes' load. On CPU, ``--part lora`` runs a tiny ladder to exercise the code path;
+on a CUDA device it builds randomly initialised Llama configurations (no download) from large to small, keeps
+the largest that trains without running out of memory, and measures LoRA fine-tuning tokens/s in bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from testbed.llm.models import IGNORE_INDEX  # noqa: E402
+from testbed.llm.module import CausalLMModule  # noqa: E402
+from testbed.protocol import TestbedDataModule  # noqa: E402
+
+LADDER_GPU = [  # (hidden, layers, heads, kv heads, intermediate): ~13B, ~7B, ~3B, ~1B parameters
+    (5120, 40, 40, 8, 13824), (4096, 32, 32, 8, 11008), (3072, 26, 24, 8, 8192), (2048, 22, 16, 4, 5632),
+]  # fmt: skip
+LADDER_CPU = [(128, 4, 4, 2, 256), (64, 2, 4, 2, 128)]
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# ---- part 1: one seed of the whole history --------------------------------------------------------------------
+def bench_history(arms: tuple[str, ...] = ("plain", "update_projection")) -> None:
+    from testbed.__main__ import main as testbed_main
+
+    study = yaml.safe_load((REPO / "experiments/llm_safety/study.yaml").read_text())
+    study.update(name="bench_history", seeds=[0], arms={k: study["arms"][k] for k in arms})
+    for phase in study["phases"] + [study["final"]]:
+        phase["config"] = str(REPO / "experiments/llm_safety" / phase["config"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "study.yaml"
+        path.write_text(yaml.safe_dump(study))
+        print(f"history: load average before {load()}")
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        testbed_main(["study", "--config", str(path), "--runs_dir", str(Path(tmp) / "runs"), "--quiet", "true"])
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        root = Path(tmp) / "runs" / "bench_history"
+        for done in sorted(root.rglob("DONE.json"), key=lambda p: p.stat().st_mtime):
+            info = json.loads(done.read_text())
+            label = info["phase"] if info["arm"] is None else f"{info['phase']}[{info['arm']}]"
+            print(f"  {label:<32} {info['seconds']:7.1f} s wall  ({info['global_step']} steps)")
+        print(f"  {'total (incl. directions, startup)':<32} {wall:7.1f} s wall, {cpu:7.1f} s CPU; "
+              f"load average after {load()}  (target: ≤ 180 s)")  # fmt: skip
+
+
+# ---- part 2: tokens/s on the safety world ---------------------------------------------------------------------
+class TokenTimer(pl.Callback):
+    """Counts real (non-pad) tokens of training batches and times the training loop."""
+
+    def __init__(self) -> None:
+        self.tokens, self.start, self.seconds = 0, 0.0, 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *_: Any) -> None:
+        self.tokens += int(batch["attention_mask"].sum())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.start
+
+
+def _direction_file(module: CausalLMModule, datamodule: Any, layers: list[str], path: Path) -> str:
+    """A v_rev-shaped direction from the module and a slightly perturbed copy (throughput does not depend on it)."""
+    import copy
+
+    from testbed.directions import extract_direction
+
+    other = copy.deepcopy(module)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1e-2 * torch.randn_like(p))
+    extract_direction(other, module, datamodule.probe_batch(), layers, pooling="last").save(path)
+    del other
+    return str(path)
+
+
+def _fit(module: CausalLMModule, datamodule: Any, steps: int, callbacks: list, **trainer_kwargs: Any) -> TokenTimer:
+    timer = TokenTimer()
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, callbacks=[timer, *callbacks],
+                         **trainer_kwargs)  # fmt: skip
+    trainer.fit(module, datamodule)
+    return timer
+
+
+def _arms(direction: str) -> dict[str, list]:
+    from testbed.interventions import ReversionMonitor, UpdateProjectionBlocker
+
+    return {
+        "plain": [],
+        "monitor(10)": [ReversionMonitor(direction, every_n_steps=10)],
+        "monitor(10)+update_projection": [ReversionMonitor(direction, every_n_steps=10),
+                                          UpdateProjectionBlocker(direction)],  # fmt: skip
+    }
+
+
+def bench_tokens(steps: int = 40) -> None:
+    from testbed.llm import SafetyWorldDataModule
+
+    pl.seed_everything(0)
+    config = yaml.safe_load((REPO / "experiments/llm_safety/finetune.yaml").read_text())["model"]["init_args"]
+    datamodule = SafetyWorldDataModule(phase="finetune")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = CausalLMModule(model=config["model"], model_config=config["model_config"], lr=config["lr"])
+        initial = {k: v.clone() for k, v in base.state_dict().items()}
+        datamodule.setup("fit")
+        direction = _direction_file(base, datamodule, ["blocks.0.resid_post", "blocks.1.resid_post"],
+                                    Path(tmp) / "v.pt")  # fmt: skip
+        print(f"tokens/s, safety-world fine-tune, default model, {steps} steps, load average {load()}")
+        _fit(base, datamodule, 3, [])  # warm-up, on a throwaway copy of the weights below
+        baseline = None
+        for name, callbacks in _arms(direction).items():
+            pl.seed_everything(0)
+            module = CausalLMModule(model=config["model"], model_config=config["model_config"], lr=config["lr"])
+            module.load_state_dict(initial)
+            timer = _fit(module, datamodule, steps, callbacks)
+            rate = timer.tokens / timer.seconds
+            baseline = baseline or rate
+            print(f"  {name:<32} {rate:9.0f} tokens/s  ({timer.seconds:.1f} s; {rate / baseline:.2f}× plain)")
+
+
+# ---- part 3: LoRA on the largest model that fits ----------------------------------------------------------------
+class RandomTokens(TestbedDataModule):
+    """Random token sequences of fixed length: LM loss on the second half (the 'response')."""
+
+    def __init__(self, vocab: int, length: int, batch_size: int, n: int = 4096) -> None:
+        super().__init__()
+        self.vocab, self.length, self.batch_size, self.n = vocab, length, batch_size, n
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(3, vocab, (n, length), generator=g)
+
+    def _batch(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        labels = ids.clone()
+        labels[:, : self.length // 2] = IGNORE_INDEX
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+    def train_dataloader(self) -> Any:
+        return torch.utils.data.DataLoader(self.ids, batch_size=self.batch_size, collate_fn=lambda r: self._batch(
+            torch.stack(r)))  # fmt: skip
+
+    def probe_batch(self) -> dict[str, torch.Tensor]:
+        ids = self.ids[:8, : self.length // 2]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _llama(hidden: int, layers: int, heads: int, kv: int, inter: int, vocab: int, lora: dict) -> CausalLMModule:
+    cfg = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+           "num_key_value_heads": kv, "intermediate_size": inter, "max_position_embeddings": 4096}  # fmt: skip
+    return CausalLMModule(model="llama", model_config=cfg, vocab_size=vocab, lora=lora, lr=1e-4)
+
+
+def bench_lora(steps: int = 10) -> None:
+    cuda = torch.cuda.is_available()
+    ladder = LADDER_GPU if cuda else LADDER_CPU
+    vocab, length, batch = (32000, 512, 8) if cuda else (512, 64, 4)
+    lora = {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    kwargs: dict[str, Any] = {"accelerator": "gpu", "devices": 1, "precision": "bf16-true"} if cuda else {}
+    device = torch.cuda.get_device_name(0) if cuda else "CPU (no CUDA device: a tiny ladder exercises the code path)"
+    print(f"LoRA fine-tune tokens/s on {device}, seq {length}, batch {batch}, r={lora['r']}, load average {load()}")
+    data = RandomTokens(vocab, length, batch)
+    for dims in ladder:
+        module = None
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                module = _llama(*dims, vocab, lora)
+                n_params = sum(p.numel() for p in module.parameters())
+                if cuda:
+                    module = module.to(torch.bfloat16)
+                layer = f"blocks.{dims[1] - 1}.resid_post"
+                mod_dev = module.cuda() if cuda else module
+                direction = _direction_file(mod_dev, data, [layer], Path(tmp) / "v.pt")
+                _fit(module, data, 2, [], **kwargs)  # warm-up (allocator, kernels)
+                results = {}
+                for name, callbacks in _arms(direction).items():
+                    timer = _fit(module, data, steps, callbacks, **kwargs)
+                    results[name] = timer.tokens / timer.seconds
+                peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        except torch.cuda.OutOfMemoryError:
+            print(f"  llama hidden={dims[0]} layers={dims[1]}: out of memory, trying a smaller one")
+            module = None
+            torch.cuda.empty_cache()
+            continue
+        print(f"  largest that fits: llama hidden={dims[0]} layers={dims[1]} ({n_params / 1e6:.1f} M params), "
+              f"peak {peak:.1f} GiB")  # fmt: skip
+        for name, rate in results.items():
+            print(f"  {name:<32} {rate:9.0f} tokens/s  ({rate / results['plain']:.2f}× plain)")
+        return
+    print("  no model of the ladder fits")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["history", "tokens", "lora", "all"], default="all")
+    parser.add_argument("--steps", type=int, default=40, help="steps per tokens/s measurement")
+    args = parser.parse_args()
+    from testbed.__main__ import quiet_third_party
+
+    quiet_third_party()  # offline, no Lightning tips
+    if args.part in ("tokens", "all"):
+        bench_tokens(args.steps)
+    if args.part in ("lora", "all"):
+        bench_lora(max(3, args.steps // 4))
+    if args.part in ("history", "all"):
+        bench_history()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,1 +1,0 @@
-"""Toy experiments: configs for ``python -m testbed fit`` and the scripts that turn runs into tables."""
