@@ -1,4 +1,5 @@
-"""Shared fixtures: run the CLI in-process inside a temporary folder, and skip GPU tests without a GPU."""
+"""Shared fixtures: the CLI run in-process in a temporary folder, seeding before every test, tiny-LM factories,
+and GPU tests skipped without a GPU."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import REPO_ROOT
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -41,3 +42,29 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[Sequen
         return 0
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _seeded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts from the same global RNG state, and no seed leaks into the next test's environment."""
+    import pytorch_lightning as pl
+
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    pl.seed_everything(0, verbose=False)
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+
+
+@pytest.fixture
+def tiny_gpt2() -> Callable[..., tuple]:
+    """Factory: a randomly initialised tiny GPT-2 ``CausalLMModule`` and its tokenizer (``testbed.testing.tiny_lm``)."""
+    from testbed.testing import tiny_lm
+
+    return lambda **kwargs: tiny_lm("gpt2", **kwargs)
+
+
+@pytest.fixture
+def tiny_llama() -> Callable[..., tuple]:
+    """Factory: a randomly initialised tiny Llama ``CausalLMModule`` and its tokenizer (``testbed.testing.tiny_lm``)."""
+    from testbed.testing import tiny_lm
+
+    return lambda **kwargs: tiny_lm("llama", **kwargs)

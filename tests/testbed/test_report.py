@@ -25,8 +25,9 @@ from testbed.report.runs import Run
 from testbed.report.spec import Column, parse_spec
 from testbed.report.stats import jonckheere, ordering_test
 from testbed.study.layout import DONE, RUN_CONFIG, SHARED, RunKey, run_dir
+from tests.helpers.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 SEEDS = (0, 1, 2)
 ARMS = {"a": 0.0, "b": 1.0, "c": 2.0}  # arm -> its "strength" setting (dose plots)
 STRENGTH = {"a": 0.5, "b": 1.5, "c": 3.0}

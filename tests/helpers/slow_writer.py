@@ -1,6 +1,6 @@
 """Subprocess for the atomic-write tests: save a file through a testbed writer, stall half-way, and get killed.
 
-Usage: ``python _reliability_slow_writer.py KIND=PATH ...`` with KIND one of ``checkpoint`` (``SafeCheckpointIO``),
+Usage: ``python -m tests.helpers.slow_writer KIND=PATH ...`` with KIND one of ``checkpoint`` (``SafeCheckpointIO``),
 ``direction`` (``DirectionSet.save``) or ``text`` (``testbed.io.atomic_write_bytes``); one thread per file.
 ``torch.save`` and file writes are slowed so that half of the bytes reach the disk, ``HALF`` is printed once per
 file, and the writers sleep until the test kills the process.

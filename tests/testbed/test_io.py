@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from _reliability_slow_writer import new_direction_set
 
 from testbed import cli as testbed_cli
 from testbed.checkpoint_io import SafeCheckpointIO, check_ckpt_path
@@ -20,9 +19,10 @@ from testbed.directions import DirectionSet, load_direction
 from testbed.errors import CheckpointError
 from testbed.guards import NonFiniteGuard
 from testbed.io import atomic_write_text, load_torch_file
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.slow_writer import new_direction_set
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
+REPO = REPO_ROOT
 
 
 class ExplodesWhenPickled:
@@ -82,10 +82,10 @@ def test_killed_writers_never_leave_a_loadable_partial_file(tmp_path: Path) -> N
     atomic_write_text(paths["text"], "old: 1\n")
     before = {kind: path.read_bytes() for kind, path in paths.items()}
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     args = [f"{kind}={path}" for kind, path in paths.items()]
     proc = subprocess.Popen(
-        [sys.executable, str(TESTS / "_reliability_slow_writer.py"), *args],
+        [sys.executable, "-m", "tests.helpers.slow_writer", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,

@@ -1,4 +1,5 @@
-"""Test-only callbacks for the resume and DDP tests (imported by class path with ``tests/`` on ``PYTHONPATH``)."""
+"""Test-only callbacks for the resume and DDP tests (imported by class path ``tests.helpers.callbacks.X`` with the
+repository on ``PYTHONPATH``)."""
 
 from __future__ import annotations
 

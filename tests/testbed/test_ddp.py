@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from _reliability_compare import assert_nested_close
-from _reliability_gravity import finetune_config, run_testbed, write_direction
+
+from tests.helpers.compare import assert_nested_close
+from tests.helpers.gravity_runs import finetune_config, run_testbed, write_direction
 
 ALL_INTERVENTIONS = ["GradientProjectionBlocker", "RepresentationPenalty", "ActivationClamp", "L2Anchor"]
 
@@ -37,7 +38,7 @@ def _extra(direction: Path, out: Path) -> list[dict]:
         {"class_path": "testbed.interventions.ActivationClamp",
          "init_args": {"direction": {"path": d}, "mode": "each"}},
         {"class_path": "testbed.interventions.L2Anchor", "init_args": {"strength": 0.5}},
-        {"class_path": "_reliability_callbacks.DumpState", "init_args": {"out": str(out)}},
+        {"class_path": "tests.helpers.callbacks.DumpState", "init_args": {"out": str(out)}},
     ]
 
 
@@ -183,7 +184,7 @@ def test_lora_causal_lm_two_processes_match_one(tmp_path: Path, run_cli, one_thr
                              "init_args": {"direction": {"path": d}, "every_n_steps": 2}},
                             {"class_path": "testbed.interventions.UpdateProjectionBlocker",
                              "init_args": {"direction": {"path": d}}},
-                            {"class_path": "_reliability_callbacks.DumpState",
+                            {"class_path": "tests.helpers.callbacks.DumpState",
                              "init_args": {"out": str(tmp_path / name)}}],
                         **trainer},
         }

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from _reliability_payloads import write_pickle_bomb
 
 from testbed.checkpoint_io import SafeCheckpointIO
 from testbed.errors import CheckpointError
 from testbed.io import load_state_dict, load_torch_file
 from testbed.testing import TinyRegressor
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.payloads import write_pickle_bomb
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 SOURCE_DIRS = ("testbed", "toy_models", "theory", "experiments")
 
 TINY_CONFIG = """

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _toy_descend import descend as descend_params
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from testbed.errors import ConfigError
+from tests.helpers.paths import EXPERIMENTS
+from tests.helpers.toy_descent import descend as descend_params
 from theory.quartic import exact_alignment_loss_gd
 from toy_models.geometry import QuarticMonitor
 from toy_models.quadratic import QuadraticData, QuadraticToy
@@ -140,7 +140,7 @@ def test_sweep_and_regimes_study_meet_acceptance(tmp_path, monkeypatch):
     assert fit["lambda_exponent"] == pytest.approx(1.0, abs=0.01)
     assert fit["coupling_exponent"] == pytest.approx(2.0, abs=0.02)
     assert fit["r2"] > 0.999
-    study = Path(__file__).resolve().parents[1] / "experiments" / "toy_regimes" / "study.yaml"
+    study = EXPERIMENTS / "toy_regimes" / "study.yaml"
     main(["study", "--config", str(study), "--runs_dir", str(tmp_path / "runs"), "--seeds", "[0]", "--quiet", "true"])
 
     def last(arm: str) -> dict[str, float]:

@@ -19,10 +19,11 @@ from testbed.directions import (
 )
 from testbed.errors import CheckpointError, ConfigError
 from testbed.probes import ProbeSet
+from tests.helpers.paths import REPO_ROOT
 from toy_models.gravity import GravityData, GravityMLP
 
 GRAVITY_PRETRAIN = "experiments/gravity_toy/pretrain.yaml"
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 
 class Planted(protocol.TestbedModule):

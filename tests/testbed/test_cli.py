@@ -72,7 +72,7 @@ def test_fit_keeps_the_config_callbacks_and_adds_the_reliability_defaults(tmp_pa
     from testbed.checkpoint_io import ResumableRng, SafeCheckpointIO
     from testbed.cli import TestbedCLI
     from testbed.guards import NonFiniteGuard
-    from tests.conftest import REPO_ROOT
+    from tests.helpers.paths import REPO_ROOT
 
     monkeypatch.chdir(tmp_path)
     cli = TestbedCLI(args=["fit", "--config", str(REPO_ROOT / QUARTIC), "--trainer.max_steps", "2",

@@ -19,13 +19,16 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
 OURS = {"testbed", "toy_models", "theory"}
 HEAVY = ("transformers", "peft", "sympy")
 # Runs `python -m testbed <argv>` with every import statement that names a HEAVY package recorded when the importing
 # module is one of ours; the pairs go to stderr as one JSON line after the job.
 RUNNER = f"""
 import builtins, json, runpy, sys
+from tests.helpers.paths import REPO_ROOT
 heavy, ours, seen, original = {HEAVY!r}, {sorted(OURS)!r}, set(), builtins.__import__
 def record(name, globals=None, locals=None, fromlist=(), level=0):
     if level == 0 and name.partition('.')[0] in heavy and globals:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers.paths import REPO_ROOT
 
 # The shared layer, listed by hand: a new library module is added here on purpose.
 SHARED_LAYER = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _toy_descend import descend as descend_params
 
 from testbed.errors import ConfigError
+from tests.helpers.toy_descent import descend as descend_params
 from toy_models.data import make_tasks
 from toy_models.geometry import QuarticMonitor
 from toy_models.neural import FlatMLP, NeuralToy, NeuralToyData, fit_to_minimum, hvp_operator, lanczos_top, mse

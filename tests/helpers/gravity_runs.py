@@ -9,8 +9,9 @@ from pathlib import Path
 
 import yaml
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
+from tests.helpers.paths import REPO_ROOT
+
+REPO = REPO_ROOT
 
 MODEL = {"input_dim": 8, "hidden": 16, "depth": 2, "num_classes": 2, "optimizer": {"lr": 0.01}}
 DATA = {"phase": "finetune", "n_train": 64, "n_val": 16, "batch_size": 16, "probe_size": 16,
@@ -71,8 +72,8 @@ def finetune_config(
 
 
 def run_testbed(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``python -m testbed ARGS`` in a subprocess (``tests/`` importable, one thread per process)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO)]), OMP_NUM_THREADS="1",
+    """``python -m testbed ARGS`` in a subprocess (``tests.helpers`` importable, one thread per process)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
                PYTHONHASHSEED="0")
     return subprocess.run([sys.executable, "-m", "testbed", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)

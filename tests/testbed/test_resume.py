@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from _reliability_compare import assert_nested_close
-from _reliability_gravity import finetune_config, run_testbed, write_direction
 
 from testbed.io import load_torch_file
+from tests.helpers.compare import assert_nested_close
+from tests.helpers.gravity_runs import finetune_config, run_testbed, write_direction
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_killed_blocked_finetune_resumes_to_the_uninterrupted_result(tmp_path, r
     full_cfg = finetune_config(tmp_path / "full.yaml", direction, callbacks=[_checkpoint_callback(tmp_path / "full")])
     assert run_cli(["fit", "--config", str(full_cfg)]) == 0
 
-    killer = {"class_path": "_reliability_callbacks.KillAtStep", "init_args": {"step": 6}}
+    killer = {"class_path": "tests.helpers.callbacks.KillAtStep", "init_args": {"step": 6}}
     killed_cfg = finetune_config(tmp_path / "killed.yaml", direction,
                                  callbacks=[_checkpoint_callback(tmp_path / "resumed"), killer])
     killed = run_testbed(["fit", "--config", str(killed_cfg)], cwd=tmp_path)

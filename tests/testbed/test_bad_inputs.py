@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _reliability_gravity import DATA, LAYER, MODEL, write_direction
 
 from testbed.directions import random_directions
 from testbed.testing import TinyData, TinyRegressor
+from tests.helpers.gravity_runs import DATA, LAYER, MODEL, write_direction
 
 GRAVITY_MODEL = {"class_path": "toy_models.gravity.GravityMLP", "init_args": dict(MODEL)}
 GRAVITY_DATA = {"class_path": "toy_models.gravity.GravityData", "init_args": dict(DATA)}

@@ -12,7 +12,8 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from testbed.optim import OptimizerSettings
-from tests.conftest import REPO_ROOT
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.studies import tiny_study
 
 FAST = OptimizerSettings(lr=0.01)
 
@@ -29,18 +30,13 @@ TINY_OVERRIDES = {
 
 
 def _tiny_study(tmp_path: Path) -> Path:
-    study = yaml.safe_load((LLM / "study.yaml").read_text())
-    study["name"] = "llm_tiny"
-    study["seeds"] = [0]
-    study["arms"] = {k: study["arms"][k] for k in ("plain", "update_projection", "random_control")}
-    for phase in study["phases"] + [study["final"]]:
-        phase["config"] = str(LLM / phase["config"])
-        phase["overrides"] = dict(TINY_OVERRIDES)
-    study["directions"]["vrev"]["layers"] = ["blocks.0.resid_post"]
-    study["report"] = str(LLM / study["report"])
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
-    return path
+    directions = yaml.safe_load((LLM / "study.yaml").read_text())["directions"]
+    directions["vrev"]["layers"] = ["blocks.0.resid_post"]
+    return tiny_study(
+        LLM / "study.yaml", tmp_path, arms=["plain", "update_projection", "random_control"], seeds=[0],
+        overrides=dict.fromkeys(("pretrain", "align", "finetune"), TINY_OVERRIDES),
+        changes={"name": "llm_tiny", "directions": directions},
+    )
 
 
 def _scalars(run_dir: Path) -> dict[str, list[float]]:

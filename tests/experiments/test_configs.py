@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import REPO_ROOT
+
+REPO = REPO_ROOT
 EXPERIMENTS = REPO / "experiments"
 OVERLAY_HEADER = re.compile(r"^# (?:Debug )?[Oo]verlay on (?:any fit config \(e\.g\. )?(\S+?\.yaml)")
 VARIANT_HEADER = re.compile(r"^# Variant of (\S+?\.yaml)")
