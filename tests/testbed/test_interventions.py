@@ -316,11 +316,8 @@ class TokenData(protocol.TestbedDataModule):
         return self.probe
 
 
-def test_lora_update_projection_and_monitor(tmp_path: Path) -> None:
-    from testbed.testing import tiny_lm
-
-    torch.manual_seed(0)
-    module, tokenizer = tiny_lm("gpt2", lora={"r": 4, "alpha": 8}, optimizer=OptimizerSettings(lr=1e-2))
+def test_lora_update_projection_and_monitor(tmp_path: Path, tiny_gpt2) -> None:
+    module, tokenizer = tiny_gpt2(lora={"r": 4, "alpha": 8}, optimizer=OptimizerSettings(lr=1e-2))
     dm = TokenData(tokenizer)
     layers = ["blocks.1.resid_post"]
     path = random_directions(module, ProbeSet(dm.probe_batch()), layers, pooling="last", seed=0).save(tmp_path / "v.pt")
@@ -338,11 +335,8 @@ def test_lora_update_projection_and_monitor(tmp_path: Path) -> None:
     assert abs(monitor.history[-1][along]) < 0.1 * abs(unblocked.history[-1][along])  # what is left is second order
 
 
-def test_every_blocker_runs_on_lora_adapters_only(tmp_path: Path) -> None:
-    from testbed.testing import tiny_lm
-
-    torch.manual_seed(0)
-    module, tokenizer = tiny_lm("llama", lora={"r": 4, "alpha": 8}, optimizer=OptimizerSettings(lr=1e-2))
+def test_every_blocker_runs_on_lora_adapters_only(tmp_path: Path, tiny_llama) -> None:
+    module, tokenizer = tiny_llama(lora={"r": 4, "alpha": 8}, optimizer=OptimizerSettings(lr=1e-2))
     dm = TokenData(tokenizer)
     layers = ["blocks.0.resid_post"]
     path = str(

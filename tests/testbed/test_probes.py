@@ -87,11 +87,10 @@ def test_shard_sums_reduce_to_the_full_mean() -> None:
     torch.testing.assert_close(total / rows, full)
 
 
-def test_token_batches_with_masks_and_pooling() -> None:
-    from testbed.testing import tiny_lm, tiny_probe_batch
+def test_token_batches_with_masks_and_pooling(tiny_gpt2) -> None:
+    from testbed.testing import tiny_probe_batch
 
-    torch.manual_seed(0)
-    module, tokenizer = tiny_lm("gpt2")
+    module, tokenizer = tiny_gpt2()
     batch = tiny_probe_batch(tokenizer, n=4)
     probe = ProbeSet(batch)
     last = probe.read(module, ["blocks.1.resid_post"], pooling="last")["blocks.1.resid_post"]
