@@ -26,11 +26,12 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from testbed.llm.models import IGNORE_INDEX  # noqa: E402
 from testbed.llm.module import CausalLMModule  # noqa: E402
+from testbed.optim import OptimizerSettings  # noqa: E402
 from testbed.protocol import TestbedDataModule  # noqa: E402
 
 LADDER_GPU = [  # (hidden, layers, heads, kv heads, intermediate): ~13B, ~7B, ~3B, ~1B parameters
@@ -51,6 +52,7 @@ def bench_history(arms: tuple[str, ...] = ("plain", "update_projection")) -> Non
     study.update(name="bench_history", seeds=[0], arms={k: study["arms"][k] for k in arms})
     for phase in study["phases"] + [study["final"]]:
         phase["config"] = str(REPO / "experiments/llm_safety" / phase["config"])
+    study["report"] = str(REPO / "experiments/llm_safety" / study["report"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "study.yaml"
         path.write_text(yaml.safe_dump(study))
@@ -128,7 +130,7 @@ def bench_tokens(steps: int = 40) -> None:
     config = yaml.safe_load((REPO / "experiments/llm_safety/finetune.yaml").read_text())["model"]["init_args"]
     datamodule = SafetyWorldDataModule(phase="finetune")
     with tempfile.TemporaryDirectory() as tmp:
-        base = CausalLMModule(model=config["model"], model_config=config["model_config"], lr=config["lr"])
+        base = CausalLMModule(model=config["model"], optimizer=OptimizerSettings(**config["optimizer"]))
         initial = {k: v.clone() for k, v in base.state_dict().items()}
         datamodule.setup("fit")
         direction = _direction_file(base, datamodule, ["blocks.0.resid_post", "blocks.1.resid_post"],
@@ -138,7 +140,7 @@ def bench_tokens(steps: int = 40) -> None:
         baseline = None
         for name, callbacks in _arms(direction).items():
             pl.seed_everything(0)
-            module = CausalLMModule(model=config["model"], model_config=config["model_config"], lr=config["lr"])
+            module = CausalLMModule(model=config["model"], optimizer=OptimizerSettings(**config["optimizer"]))
             module.load_state_dict(initial)
             timer = _fit(module, datamodule, steps, callbacks)
             rate = timer.tokens / timer.seconds
@@ -173,7 +175,8 @@ class RandomTokens(TestbedDataModule):
 def _llama(hidden: int, layers: int, heads: int, kv: int, inter: int, vocab: int, lora: dict) -> CausalLMModule:
     cfg = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
            "num_key_value_heads": kv, "intermediate_size": inter, "max_position_embeddings": 4096}  # fmt: skip
-    return CausalLMModule(model="llama", model_config=cfg, vocab_size=vocab, lora=lora, lr=1e-4)
+    return CausalLMModule(model="llama", model_config=cfg, vocab_size=vocab, lora=lora,
+                          optimizer=OptimizerSettings(lr=1e-4))
 
 
 def bench_lora(steps: int = 10) -> None:

@@ -38,6 +38,7 @@ from testbed.interventions import (
     DirectionCallback,
     GradientProjectionBlocker,
     L2Anchor,
+    ProjectionSettings,
     RepresentationPenalty,
     ReversionMonitor,
     UpdateProjectionBlocker,
@@ -88,13 +89,13 @@ class TokenData(TestbedDataModule):
 class FirstOrderLeak(DirectionCallback):
     """Records |J·Δθ| per step, J on the full probe set at the pre-step weights (the blockers' callbacks run first)."""
 
-    def __init__(self, direction_path: str) -> None:
-        super().__init__(direction_path)
+    def __init__(self, direction: str) -> None:
+        super().__init__(direction)
         self.moves: list[float] = []
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
         params = [p for _, p in module.trainable_parameters()]
-        along = self._along(module, grad=True)
+        along = self.along(module, grad=True)
         grads = torch.autograd.grad(sum(along.values()), params, allow_unused=True)
         self._jac = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
         self._before = [p.detach().clone() for p in params]
@@ -112,8 +113,10 @@ def arms(path: str, probe_size: int) -> dict[str, Any]:
         "monitor@1": lambda: [ReversionMonitor(path, every_n_steps=1)],
         "monitor@10": lambda: [ReversionMonitor(path, every_n_steps=10)],
         "update-projection": lambda: [UpdateProjectionBlocker(path)],
-        f"update-proj., J on {quarter}": lambda: [UpdateProjectionBlocker(path, jacobian_probe_size=quarter)],
-        "update-projection@10": lambda: [UpdateProjectionBlocker(path, every_n_steps=10)],
+        f"update-proj., J on {quarter}": lambda: [
+            UpdateProjectionBlocker(path, ProjectionSettings(jacobian_probe_size=quarter))
+        ],
+        "update-projection@10": lambda: [UpdateProjectionBlocker(path, ProjectionSettings(every_n_steps=10))],
         "gradient-projection": lambda: [GradientProjectionBlocker(path)],
         "penalty": lambda: [RepresentationPenalty(path, strength=1.0)],
         "clamp": lambda: [ActivationClamp(path)],

@@ -24,7 +24,7 @@ from experiments.inprocess import quiet
 from toy_models.neural import NeuralToy, NeuralToyData
 from toy_models.quadratic import QuadraticData, QuadraticToy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class _LoopTimer(pl.Callback):
@@ -69,7 +69,7 @@ def steps_per_second(make_model, make_data, steps: int, workdir: str) -> tuple[f
 
 def quartic_wall_time(workdir: str) -> float:
     """Seconds for the whole ``python -m testbed fit --config experiments/toy_regimes/quartic.yaml`` command."""
-    config = REPO / "experiments" / "toy" / "quartic.yaml"
+    config = REPO / "experiments" / "toy_regimes" / "quartic.yaml"
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "testbed", "fit", "--config", str(config)], cwd=workdir, check=True, capture_output=True
