@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from testbed.directions import METHODS, direction_from_representations
+from testbed.directions import Extraction, direction_from_representations
 from testbed.errors import ConfigError
-from testbed.probes import ProbeSet, check_pooling
+from testbed.probes import ProbeSet
 from testbed.protocol import TestbedModule
 from testbed.weights import load_weights
 
@@ -78,9 +78,7 @@ def compute_vrev_from_checkpoints(
     Returns:
         The path written.
     """
-    if method not in METHODS:
-        raise ConfigError(f"unknown direction method {method!r}; valid methods are: {', '.join(METHODS)}")
-    check_pooling(pooling)
+    Extraction(method, pooling, kind)  # refuse bad settings before building anything
     module, datamodule = build_from_config(config_path, seed)
     probe = ProbeSet.from_datamodule(datamodule)
     layers = module.check_layers(layers)
@@ -88,10 +86,8 @@ def compute_vrev_from_checkpoints(
     rep_w = probe.read(module, layers, pooling)
     load_weights(module, reference_ckpt, what="reference_ckpt")
     rep_r = probe.read(module, layers, pooling)
-    ds = direction_from_representations(
-        module, probe, rep_w, rep_r, method, pooling, kind=kind,
-        witness=str(Path(witness_ckpt).resolve()), reference=str(Path(reference_ckpt).resolve()),
-    )  # fmt: skip
+    sources = {"witness": str(Path(witness_ckpt).resolve()), "reference": str(Path(reference_ckpt).resolve())}
+    ds = direction_from_representations(module, probe, rep_w, rep_r, Extraction(method, pooling, kind, **sources))
     return ds.save(out)
 
 

@@ -19,14 +19,14 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from testbed.errors import CheckpointError, ConfigError
 from testbed.io import atomic_torch_save, load_torch_file
-from testbed.probes import ProbeSet, map_batch
+from testbed.probes import ProbeSet, check_pooling, map_batch
 from testbed.protocol import Pooling, TestbedModule
 
 FORMAT = "testbed.direction/1"
@@ -141,17 +141,38 @@ def _metadata(
     }
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """How a direction is extracted, and the sources recorded with it.
+
+    Args:
+        method: ``diff_means`` (normalised difference of means) or ``pca`` (top principal direction).
+        pooling: ``mean`` over tokens or ``last`` token.
+        kind: ``vrev`` (the history's witness and reference) or ``shuffled_history`` (an unrelated pair, a control).
+        witness: the witness checkpoint's path, recorded in the metadata.
+        reference: the reference checkpoint's path, recorded in the metadata.
+    """
+
+    method: Literal["diff_means", "pca"] = "diff_means"
+    pooling: Literal["mean", "last"] = "mean"
+    kind: Literal["vrev", "shuffled_history"] = "vrev"
+    witness: str | None = None
+    reference: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown direction method {self.method!r}; valid methods are: {', '.join(METHODS)}")
+        check_pooling(self.pooling)
+        if self.kind not in ("vrev", "shuffled_history"):
+            raise ConfigError(f"kind {self.kind!r} cannot be extracted from checkpoints; use vrev or shuffled_history")
+
+
 def extract_direction(
     module_witness: TestbedModule,
     module_reference: TestbedModule,
     probe_batch: Any,
     layers: Sequence[str],
-    method: str = "diff_means",
-    pooling: Pooling = "mean",
-    *,
-    kind: str = "vrev",
-    witness: str | None = None,
-    reference: str | None = None,
+    how: Extraction | None = None,
 ) -> DirectionSet:
     """v_rev per layer from a witness model and a reference (aligned) model of one history.
 
@@ -160,40 +181,42 @@ def extract_direction(
         module_reference: the model at the reference checkpoint (aligned).
         probe_batch: the probe inputs (a batch or a ``ProbeSet``).
         layers: layer names.
-        method: ``"diff_means"`` or ``"pca"``.
-        pooling: ``"mean"`` or ``"last"``.
-        kind: recorded in the metadata (``"vrev"`` or ``"shuffled_history"`` for an unrelated pair).
-        witness: source checkpoint path recorded in the metadata.
-        reference: source checkpoint path recorded in the metadata.
+        how: method, pooling, kind and the recorded sources (default: difference of means, mean pooling).
     """
+    how = how or Extraction()
     if type(module_witness) is not type(module_reference):
         raise ConfigError(
             f"witness and reference are different model classes: {model_class_name(module_witness)} "
             f"vs {model_class_name(module_reference)}"
         )
-    rep_w = _as_probe(probe_batch).read(module_witness, layers, pooling)
-    rep_r = _as_probe(probe_batch).read(module_reference, layers, pooling)
-    return _assemble(module_reference, _as_probe(probe_batch), rep_w, rep_r, method, pooling, kind, witness, reference)
+    probe = _as_probe(probe_batch)
+    rep_w = probe.read(module_witness, layers, how.pooling)
+    rep_r = probe.read(module_reference, layers, how.pooling)
+    return direction_from_representations(module_reference, probe, rep_w, rep_r, how)
 
 
-def _assemble(
+def direction_from_representations(
     module: TestbedModule,
-    probe: ProbeSet,
-    rep_w: dict[str, Tensor],
-    rep_r: dict[str, Tensor],
-    method: str,
-    pooling: str,
-    kind: str,
-    witness: str | None,
-    reference: str | None,
+    probe: ProbeSet | Any,
+    rep_witness: dict[str, Tensor],
+    rep_reference: dict[str, Tensor],
+    how: Extraction | None = None,
 ) -> DirectionSet:
-    if kind not in ("vrev", "shuffled_history"):
-        raise ConfigError(f"kind {kind!r} cannot be extracted from checkpoints; use 'vrev' or 'shuffled_history'")
-    vectors = {k: direction_from_reps(rep_w[k].cpu(), rep_r[k].cpu(), method, k) for k in rep_w}
-    meta = _metadata(module, probe, vectors, pooling, method, kind, witness, reference)
-    return DirectionSet(
-        vectors, meta, {k: v.mean(0).cpu() for k, v in rep_w.items()}, {k: v.mean(0).cpu() for k, v in rep_r.items()}
-    )
+    """A ``DirectionSet`` from pooled probe representations already read under the witness and reference weights
+    (for callers that swap two checkpoints into one model instance instead of holding two models).
+
+    Args:
+        module: the model the representations came from (its class is recorded).
+        probe: the probe inputs they were read on (a batch or a ``ProbeSet``).
+        rep_witness: layer -> ``[B, W]`` pooled representations under the witness weights.
+        rep_reference: layer -> ``[B, W]`` pooled representations under the reference weights.
+        how: method, pooling (the one used to read them), kind and the recorded sources.
+    """
+    how = how or Extraction()
+    vectors = {k: direction_from_reps(rep_witness[k].cpu(), rep_reference[k].cpu(), how.method, k) for k in rep_witness}
+    meta = _metadata(module, _as_probe(probe), vectors, how.pooling, how.method, how.kind, how.witness, how.reference)
+    means = {k: v.mean(0).cpu() for k, v in rep_witness.items()}, {k: v.mean(0).cpu() for k, v in rep_reference.items()}
+    return DirectionSet(vectors, meta, *means)
 
 
 def random_unit_vectors(widths: Mapping[str, int], seed: int) -> dict[str, Tensor]:
@@ -298,38 +321,9 @@ def _first_row(probe: ProbeSet) -> Any:
     return map_batch(probe.batch, lambda t: t[:1] if t.dim() > 0 else t)
 
 
-def direction_from_representations(
-    module: TestbedModule,
-    probe: ProbeSet | Any,
-    rep_witness: dict[str, Tensor],
-    rep_reference: dict[str, Tensor],
-    method: str = "diff_means",
-    pooling: Pooling = "mean",
-    *,
-    kind: str = "vrev",
-    witness: str | None = None,
-    reference: str | None = None,
-) -> DirectionSet:
-    """A ``DirectionSet`` from pooled probe representations already read from the witness and reference weights.
-
-    For callers that swap two checkpoints into one model instance instead of holding two models.
-
-    Args:
-        module: the model the representations came from (its class is recorded).
-        probe: the probe inputs they were read on (a batch or a ``ProbeSet``).
-        rep_witness: layer -> ``[B, W]`` pooled representations under the witness weights.
-        rep_reference: layer -> ``[B, W]`` pooled representations under the reference weights.
-        method: ``"diff_means"`` or ``"pca"``.
-        pooling: the pooling used to read them.
-        kind: ``"vrev"`` or ``"shuffled_history"``.
-        witness: source checkpoint path recorded in the metadata.
-        reference: source checkpoint path recorded in the metadata.
-    """
-    return _assemble(module, _as_probe(probe), rep_witness, rep_reference, method, pooling, kind, witness, reference)
-
-
 __all__ = [
     "DirectionSet",
+    "Extraction",
     "extract_direction",
     "direction_from_reps",
     "direction_from_representations",

@@ -12,12 +12,13 @@ y_f = sin(b·z) + ½ (c·z) (a different, benign task). Everything is a function
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from testbed.errors import ConfigError
+from testbed.errors import ConfigError, positive_int
 
 DTYPE = torch.float64
 
@@ -39,16 +40,9 @@ def manifold_points(latent: Tensor, frame: Tensor, curvature: float) -> Tensor:
     return latent @ frame[:, :m].T + curvature * ((latent**2 - 1.0) / 2**0.5) @ frame[:, m:].T
 
 
-def make_tasks(
-    ambient_dim: int = 8,
-    manifold_dim: int = 2,
-    curvature: float = 0.5,
-    n_align: int = 8,
-    n_finetune: int = 32,
-    probe_size: int = 16,
-    seed: int = 0,
-) -> ToyTasks:
-    """Draw both tasks and the probe inputs on one manifold.
+@dataclass(frozen=True)
+class TaskSettings:
+    """The manifold and the two tasks of the neural toy.
 
     Args:
         ambient_dim: input dimension D (>= 2 · manifold_dim).
@@ -58,34 +52,50 @@ def make_tasks(
         n_finetune: number of fine-tune examples.
         probe_size: number of probe inputs.
         seed: the only source of randomness.
-
-    Returns:
-        The :class:`ToyTasks`.
     """
-    if manifold_dim < 1 or ambient_dim < 2 * manifold_dim:
-        raise ConfigError(
-            f"need 1 <= manifold_dim and ambient_dim >= 2*manifold_dim, got m={manifold_dim}, D={ambient_dim}"
-        )
-    if min(n_align, n_finetune, probe_size) < 1:
-        raise ConfigError(f"n_align, n_finetune and probe_size must be >= 1, got {n_align}, {n_finetune}, {probe_size}")
-    gen = torch.Generator().manual_seed(seed)
-    frame, _ = torch.linalg.qr(torch.randn(ambient_dim, 2 * manifold_dim, generator=gen, dtype=DTYPE))
-    a, b, c = (torch.randn(manifold_dim, generator=gen, dtype=DTYPE) for _ in range(3))
+
+    ambient_dim: int = 8
+    manifold_dim: int = 2
+    curvature: float = 0.5
+    n_align: int = 8
+    n_finetune: int = 32
+    probe_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("manifold_dim", "n_align", "n_finetune", "probe_size"):
+            positive_int(name, getattr(self, name))
+        if positive_int("ambient_dim", self.ambient_dim) < 2 * self.manifold_dim:
+            raise ConfigError(
+                f"need ambient_dim >= 2*manifold_dim, got m={self.manifold_dim}, D={self.ambient_dim}"
+            )
+        positive_int("seed", self.seed, allow_zero=True)
+        if not math.isfinite(self.curvature):
+            raise ConfigError(f"curvature must be finite, got {self.curvature}")
+
+
+def make_tasks(settings: TaskSettings | None = None) -> ToyTasks:
+    """Draw both tasks and the probe inputs on one manifold, as ``settings`` (default ``TaskSettings()``) say."""
+    s = settings or TaskSettings()
+    gen = torch.Generator().manual_seed(s.seed)
+    frame, _ = torch.linalg.qr(torch.randn(s.ambient_dim, 2 * s.manifold_dim, generator=gen, dtype=DTYPE))
+    a, b, c = (torch.randn(s.manifold_dim, generator=gen, dtype=DTYPE) for _ in range(3))
     z_align, z_ft, z_probe = (
-        torch.randn(n, manifold_dim, generator=gen, dtype=DTYPE) for n in (n_align, n_finetune, probe_size)
+        torch.randn(n, s.manifold_dim, generator=gen, dtype=DTYPE) for n in (s.n_align, s.n_finetune, s.probe_size)
     )
     return ToyTasks(
-        x_align=manifold_points(z_align, frame, curvature),
+        x_align=manifold_points(z_align, frame, s.curvature),
         y_align=torch.tanh(z_align @ a),
-        x_finetune=manifold_points(z_ft, frame, curvature),
+        x_finetune=manifold_points(z_ft, frame, s.curvature),
         y_finetune=torch.sin(z_ft @ b) + 0.5 * (z_ft @ c),
-        probe=manifold_points(z_probe, frame, curvature),
+        probe=manifold_points(z_probe, frame, s.curvature),
     )
 
 
 __all__ = [
     "DTYPE",
     "ToyTasks",
+    "TaskSettings",
     "manifold_points",
     "make_tasks",
 ]

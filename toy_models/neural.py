@@ -32,12 +32,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 from torch.utils.data import DataLoader, Dataset
 
-from testbed.errors import ConfigError
+from testbed.errors import ConfigError, positive_int
 from testbed.protocol import HookPoint, TestbedDataModule
 from testbed.step_log import log_at_step
 from testbed.tags import GEOMETRY, TASK_TRAIN, TASK_VAL, THEORY, tag
 from theory.quartic import leading_coefficient, predict_alignment_loss_gd
-from toy_models.data import DTYPE, ToyTasks, make_tasks
+from toy_models.data import DTYPE, TaskSettings, ToyTasks, make_tasks
 from toy_models.geometry import MonitoredToy
 
 Operator = Callable[[Tensor], Tensor]
@@ -258,12 +258,12 @@ class NeuralToy(MonitoredToy):
             self._build(self._data())
 
     def _build(self, data: NeuralToyData) -> None:
-        if self.rank > data.n_align:
+        if self.rank > data.settings.n_align:
             raise ConfigError(
-                f"rank={self.rank} exceeds n_align={data.n_align}: the alignment Hessian at an "
+                f"rank={self.rank} exceeds n_align={data.settings.n_align}: the alignment Hessian at an "
                 f"interpolating minimum has rank <= n_align"
             )
-        self.net = FlatMLP(data.ambient_dim, self.width, self.depth, self.model_seed)
+        self.net = FlatMLP(data.settings.ambient_dim, self.width, self.depth, self.model_seed)
 
     def setup(self, stage: str) -> None:
         self.prepare(self._data())
@@ -416,45 +416,27 @@ class _FullBatch(Dataset):
 
 
 class NeuralToyData(TestbedDataModule):
-    """Synthetic manifold data for :class:`NeuralToy` (see :func:`toy_models.data.make_tasks`).
+    """Synthetic manifold data for :class:`NeuralToy` (see :mod:`toy_models.data`).
 
     Args:
-        ambient_dim: input dimension D.
-        manifold_dim: latent manifold dimension m.
-        curvature: bend of the manifold out of its tangent plane.
-        n_align: alignment examples.
-        n_finetune: fine-tune examples.
-        probe_size: probe inputs.
-        seed: data seed.
+        tasks: the manifold and the two tasks (``TaskSettings``).
         epoch_length: steps per epoch.
     """
 
-    def __init__(
-        self,
-        ambient_dim: int = 8,
-        manifold_dim: int = 2,
-        curvature: float = 0.5,
-        n_align: int = 8,
-        n_finetune: int = 32,
-        probe_size: int = 16,
-        seed: int = 0,
-        epoch_length: int = 10_000,
-    ) -> None:
+    def __init__(self, tasks: TaskSettings | None = None, epoch_length: int = 10_000) -> None:
         super().__init__()
-        self.ambient_dim, self.manifold_dim, self.curvature = ambient_dim, manifold_dim, curvature
-        self.n_align, self.n_finetune, self.probe_size, self.seed = n_align, n_finetune, probe_size, seed
-        self.epoch_length = epoch_length
-        # Built now so a bad config fails before training.
-        self._tasks = make_tasks(ambient_dim, manifold_dim, curvature, n_align, n_finetune, probe_size, seed)
+        self.settings = tasks or TaskSettings()
+        self.epoch_length = positive_int("epoch_length", epoch_length)
+        self._tasks = make_tasks(self.settings)  # built now so a bad config fails before training
 
     def tasks(self) -> ToyTasks:
         return self._tasks
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_FullBatch(self.n_finetune, self.epoch_length), batch_size=None)
+        return DataLoader(_FullBatch(self.settings.n_finetune, self.epoch_length), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_FullBatch(self.n_finetune, 1), batch_size=None)
+        return DataLoader(_FullBatch(self.settings.n_finetune, 1), batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -92,13 +92,13 @@ def _direction_file(module: CausalLMModule, datamodule: Any, layers: list[str], 
     """A v_rev-shaped direction from the module and a slightly perturbed copy (throughput does not depend on it)."""
     import copy
 
-    from testbed.directions import extract_direction
+    from testbed.directions import Extraction, extract_direction
 
     other = copy.deepcopy(module)
     with torch.no_grad():
         for p in other.parameters():
             p.add_(1e-2 * torch.randn_like(p))
-    extract_direction(other, module, datamodule.probe_batch(), layers, pooling="last").save(path)
+    extract_direction(other, module, datamodule.probe_batch(), layers, Extraction(pooling="last")).save(path)
     del other
     return str(path)
 

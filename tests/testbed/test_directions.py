@@ -12,6 +12,7 @@ from testbed import protocol
 from testbed.commands import compute_vrev_from_checkpoints
 from testbed.directions import (
     DirectionSet,
+    Extraction,
     direction_from_reps,
     extract_direction,
     load_direction,
@@ -61,7 +62,7 @@ def planted_pair(shift: float = 2.0, noise: float = 0.05, seed: int = 0) -> tupl
 def test_planted_direction_is_recovered(method: str) -> None:
     witness, reference, v = planted_pair()
     probe = ProbeSet(torch.randn(64, 10, generator=torch.Generator().manual_seed(1)))
-    ds = extract_direction(witness, reference, probe, ["blocks.0.out"], method=method)
+    ds = extract_direction(witness, reference, probe, ["blocks.0.out"], Extraction(method=method))
     cos = torch.dot(ds.vectors["blocks.0.out"], v).item()
     assert cos > 0.99, cos  # sign included: v_rev points from the reference back to the witness
     assert ds.vectors["blocks.0.out"].norm().item() == pytest.approx(1.0, abs=1e-6)
@@ -88,7 +89,7 @@ def test_save_load_round_trip_and_metadata_checks(tmp_path: Path) -> None:
     witness, reference, _ = planted_pair()
     probe = ProbeSet(torch.randn(16, 10, generator=torch.Generator().manual_seed(2)))
     ds = extract_direction(
-        witness, reference, probe, ["blocks.0.out", "blocks.1.out"], witness="w.ckpt", reference="r.ckpt"
+        witness, reference, probe, ["blocks.0.out", "blocks.1.out"], Extraction(witness="w.ckpt", reference="r.ckpt")
     )
     path = ds.save(tmp_path / "vrev.pt")
     loaded = load_direction(path, module=reference, probe=probe)

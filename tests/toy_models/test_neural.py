@@ -8,7 +8,7 @@ import torch
 
 from testbed.errors import ConfigError
 from tests.helpers.toy_descent import descend as descend_params
-from toy_models.data import make_tasks
+from toy_models.data import TaskSettings, make_tasks
 from toy_models.geometry import QuarticMonitor
 from toy_models.neural import FlatMLP, NeuralToy, NeuralToyData, fit_to_minimum, hvp_operator, lanczos_top, mse
 
@@ -27,7 +27,7 @@ def benign() -> tuple[NeuralToy, QuarticMonitor]:
 
 
 def test_lanczos_matches_dense_hessian_on_tiny_net():
-    tasks = make_tasks(ambient_dim=4, manifold_dim=2, n_align=4, n_finetune=6, seed=3)
+    tasks = make_tasks(TaskSettings(ambient_dim=4, manifold_dim=2, n_align=4, n_finetune=6, seed=3))
     net = FlatMLP(4, 3, 1, seed=1)  # 19 parameters
     theta = net.flat()
     dense = torch.func.hessian(lambda t: mse(net, t, tasks.x_align, tasks.y_align))(theta)
@@ -40,7 +40,7 @@ def test_lanczos_matches_dense_hessian_on_tiny_net():
 
 
 def test_alignment_fit_reaches_an_interpolating_minimum():
-    tasks = make_tasks(n_align=8, seed=0)
+    tasks = make_tasks(TaskSettings(n_align=8, seed=0))
     net = FlatMLP(8, 16, 2, seed=0)
     before = float(mse(net, net.flat(), tasks.x_align, tasks.y_align))
     after = fit_to_minimum(net, tasks.x_align, tasks.y_align, iters=30)
@@ -92,7 +92,7 @@ def test_same_seeds_give_identical_estimates():
 
 def test_rank_above_alignment_examples_is_a_config_error():
     with pytest.raises(ConfigError, match="exceeds n_align"):
-        NeuralToy(rank=9).prepare(NeuralToyData(n_align=8))
+        NeuralToy(rank=9).prepare(NeuralToyData(TaskSettings(n_align=8)))
 
 
 def test_probe_layers(benign):

@@ -68,7 +68,7 @@ def test_tiny_history_runs_all_phases_and_logs_the_study_tags(tmp_path, run_cli)
 def test_tiny_history_in_process_with_monitor_judge_and_blocker(tmp_path) -> None:
     import copy
 
-    from testbed.directions import extract_direction
+    from testbed.directions import Extraction, extract_direction
     from testbed.interventions import ReversionMonitor, UpdateProjectionBlocker
     from testbed.judging import HarmfulnessCallback
     from testbed.llm import CausalLMModule, SafetyWorldDataModule
@@ -89,7 +89,7 @@ def test_tiny_history_in_process_with_monitor_judge_and_blocker(tmp_path) -> Non
     witness = copy.deepcopy(module)
     dm = fit("align", [])
     layers = ["blocks.0.resid_post"]
-    direction = extract_direction(witness, module, dm.probe_batch(), layers, pooling="last")
+    direction = extract_direction(witness, module, dm.probe_batch(), layers, Extraction(pooling="last"))
     path = direction.save(tmp_path / "vrev.pt")
     monitor = ReversionMonitor(str(path), every_n_steps=1)
     judged = HarmfulnessCallback([HarmfulnessJudge(method="generate")], every_n_steps=1)
