@@ -11,6 +11,9 @@ With J_l = ∂<v_l, m_l(θ)>/∂θ over the trainable parameters (one vector-Jac
 
 One-sided: only the components that move toward the witness (J_l·Δθ > 0, or J_l·g < 0 for a gradient step) are
 removed, by a small active-set loop (exact for one layer or mutually orthogonal J's).
+
+Under FSDP2 the vectors hold each process's parameter slices: J is taken by an ordinary backward pass
+(``testbed.sharding.backward_grads``) and inner products are summed across processes (``testbed.interventions.flat``).
 """
 
 from __future__ import annotations
@@ -24,10 +27,19 @@ from torch import Tensor, nn
 
 from testbed.errors import ConfigError, positive_int
 from testbed.interventions.base import DirectionCallback, DirectionSource
-from testbed.interventions.flat import flatten, orthonormal_rows, trainable_parameters, unflatten
+from testbed.interventions.flat import (
+    flat_matvec,
+    flat_norm,
+    flatten,
+    orthonormal_rows,
+    trainable_parameters,
+    unflatten,
+)
 from testbed.probes import ProbeSet
 from testbed.protocol import TestbedModule
+from testbed.sharding import backward_grads, is_sharded, local
 from testbed.step_log import log_at_step, logging_due
+from testbed.strategies import FULL_PARAMETERS
 from testbed.tags import INTERVENTION, tag
 
 __all__ = ["ProjectionSettings", "UpdateProjectionBlocker", "GradientProjectionBlocker"]
@@ -67,6 +79,7 @@ class _JacobianProjection(DirectionCallback):
         self.jacobian_probe: ProbeSet | None = None
         self.jacobians: Tensor | None = None  # [k, P] raw J_l rows
         self.basis: Tensor | None = None  # [k', P] orthonormal
+        self._sharded = False  # J holds this process's parameter slices (FSDP2)
         self._logs: dict[str, Any] = {}
 
     def refresh(self, module: TestbedModule, step: int) -> None:
@@ -74,28 +87,38 @@ class _JacobianProjection(DirectionCallback):
         if self.basis is not None and step % self.settings.every_n_steps != 0:
             return
         params = trainable_parameters(module)
-        along = self.along(module, grad=True, probe=self.jacobian_probe)
-        rows = []
-        for i, layer in enumerate(self.layers):
-            grads = torch.autograd.grad(along[layer], params, retain_graph=i < len(self.layers) - 1, allow_unused=True)
-            rows.append(flatten(grads, params))
+        self._sharded = is_sharded(params)
+        if self._sharded:  # one forward and ordinary backward per layer (FSDP2 gathers and reduce-scatters)
+            rows = [flatten(backward_grads(lambda k=layer: self.along(module, True, self.jacobian_probe)[k], params),
+                            params) for layer in self.layers]  # fmt: skip
+        else:
+            along = self.along(module, grad=True, probe=self.jacobian_probe)
+            rows = []
+            for i, layer in enumerate(self.layers):
+                grads = torch.autograd.grad(along[layer], params, retain_graph=i < len(self.layers) - 1,
+                                            allow_unused=True)  # fmt: skip
+                rows.append(flatten(grads, params))
         self.jacobians = torch.stack(rows)
-        self.basis = orthonormal_rows(rows)
+        self.basis = orthonormal_rows(rows, over=params)
 
-    def project(self, delta: Tensor, sign: float) -> tuple[Tensor, Tensor]:
-        """(kept, removed) parts of ``delta``; removed lies in span{J_l} (one-sided: J_l with sign·J_l·delta > 0)."""
+    def project(self, delta: Tensor, sign: float, over: list[Tensor] = ()) -> tuple[Tensor, Tensor]:
+        """(kept, removed) parts of ``delta``; removed lies in span{J_l} (one-sided: J_l with sign·J_l·delta > 0).
+
+        ``over``: the parameters the vectors live over (their inner products are summed across shards).
+        """
         if not self.settings.one_sided:
-            removed = (self.basis @ delta) @ self.basis
+            removed = flat_matvec(self.basis, delta, over) @ self.basis
             return delta - removed, removed
         original = delta
         active = torch.zeros(self.jacobians.shape[0], dtype=torch.bool, device=delta.device)
         for _ in range(self.jacobians.shape[0]):
-            newly = (sign * (self.jacobians @ delta) > 1e-12 * max(1.0, float(delta.norm()))) & ~active
+            scale = max(1.0, float(flat_norm(delta, over)))
+            newly = (sign * flat_matvec(self.jacobians, delta, over) > 1e-12 * scale) & ~active
             if not bool(newly.any()):
                 break
             active |= newly
-            q = orthonormal_rows(self.jacobians[active])
-            delta = original - (q @ original) @ q
+            q = orthonormal_rows(self.jacobians[active], over=over)
+            delta = original - flat_matvec(q, original, over) @ q
         return delta, original - delta
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -115,6 +138,8 @@ class _JacobianProjection(DirectionCallback):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
+        if self._sharded:  # one process's slices: a resumed run takes J afresh
+            return {**state, "jacobians": None, "basis": None}
         state["jacobians"] = None if self.jacobians is None else self.jacobians.cpu()
         state["basis"] = None if self.basis is None else self.basis.cpu()
         return state
@@ -134,6 +159,8 @@ class UpdateProjectionBlocker(_JacobianProjection):
         direction: the direction to block (``random: true`` for the random-direction control).
         projection: one-sided blocking and the cost knobs for J.
     """
+
+    supported_strategies = FULL_PARAMETERS | {"fsdp2"}
 
     def __init__(self, direction: DirectionSource, projection: ProjectionSettings | None = None) -> None:
         super().__init__(direction, projection)
@@ -162,16 +189,16 @@ class UpdateProjectionBlocker(_JacobianProjection):
             return
         params = self._step_params
         delta = flatten(params, params, self._snapshot.dtype).sub_(self._snapshot)  # Δθ [P]
-        along_before = self.jacobians @ delta
-        _, removed = self.project(delta, sign=1.0)
+        along_before = flat_matvec(self.jacobians, delta, params)
+        _, removed = self.project(delta, sign=1.0, over=params)
         for p, part in zip(params, unflatten(removed, params), strict=True):
-            p.sub_(part.to(p.dtype))  # θ ← θ_old + Δθ − removed
+            local(p).sub_(part.to(p.dtype))  # θ ← θ_old + Δθ − removed
         self._snapshot = None
-        removed_norm = removed.norm()
+        removed_norm = flat_norm(removed, params)
         # kept as tensors (no device sync); written in on_train_batch_end when logging is due
         self._logs = {
             tag(INTERVENTION, "update_removed_norm"): removed_norm,
-            tag(INTERVENTION, "update_removed_frac"): removed_norm / delta.norm().clamp_min(1e-30),
+            tag(INTERVENTION, "update_removed_frac"): removed_norm / flat_norm(delta, params).clamp_min(1e-30),
             tag(INTERVENTION, "update_along_vrev_before"): along_before.sum(),
         }
 
