@@ -1,15 +1,15 @@
 """Which testbed callbacks run correctly under which Lightning strategy, checked before ``fit``.
 
-Strategies fall into families: ``single`` (one device), ``ddp`` (DDP, DDP-spawn: every process holds the full
-model and DDP averages the gradients before any callback sees them), ``fsdp2`` (Lightning's
-``ModelParallelStrategy``, e.g. ``testbed.sharding.FSDP2Strategy``: ``fully_shard`` makes each parameter a ``DTensor``
-of per-process slices, which the flat-vector algebra handles by summing partial inner products), ``fsdp`` (FSDP1)
-and ``deepspeed`` (parameters, gradients or optimizer state are sharded or owned by the engine). A callback states the families where it is
-correct in its ``supported_strategies`` (a class attribute, or a property when a setting matters, as for the
-activation clamp's ``shift`` mode); callbacks that state nothing are not policed. Interventions that read or edit
-full parameters, their gradients or their updates declare ``FULL_PARAMETERS`` (plus ``fsdp2`` where their algebra
-is shard-aware, as for the update projection); forward-only ones ``ALL_FAMILIES``. Strategies outside the families
-accept only callbacks correct everywhere. A refusal names the strategies that would run every refused callback.
+Strategies fall into families: ``single`` (one device), ``ddp`` (DDP, DDP-spawn: every process holds the full model and
+DDP averages the gradients before any callback sees them), ``fsdp2`` (Lightning's ``ModelParallelStrategy``, e.g.
+``testbed.sharding.FSDP2Strategy``: ``fully_shard`` makes each parameter a ``DTensor`` of per-process slices, which the
+flat-vector algebra handles by summing partial inner products), ``fsdp`` (FSDP1) and ``deepspeed`` (parameters,
+gradients or optimizer state are sharded or owned by the engine). A callback states the families where it is correct in
+its ``supported_strategies`` (a class attribute, or a property when a setting matters, as for the activation clamp's
+``shift`` mode); callbacks that state nothing are not policed. Interventions that read or edit full parameters, their
+gradients or their updates declare ``FULL_PARAMETERS`` (plus ``fsdp2`` where their algebra is shard-aware, as for the
+update projection); forward-only ones ``ALL_FAMILIES``. Strategies outside the families accept only callbacks correct
+everywhere. A refusal names the strategies that would run every refused callback.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ WHY_NOT = {
 ALTERNATIVES = {
     "fsdp2": "strategy: testbed.sharding.FSDP2Strategy (sharded, FSDP2)",
     "ddp": "strategy: ddp",
-    "single": "devices: 1",
+    "single": "one device (devices: 1)",
 }
 
 

@@ -53,3 +53,63 @@ def test_blocked_finetune_fsdp2_two_processes_match_one(tmp_path: Path, run_cli)
                   for r in got["callbacks"]["ReversionMonitor"]["history"]]  # fmt: skip
         expected = [{k: v for k, v in r.items() if k in logged[0]} for r in history]
         assert_nested_close(expected, logged, f"rank{rank}.history", rtol=1e-4, atol=1e-5)
+
+
+# ---- which interventions run under FSDP2, and what a refusal says (checked before fit) ----------------------------
+def _interventions() -> dict[str, object]:
+    from testbed import interventions as iv
+
+    return {
+        "monitor": iv.ReversionMonitor("v.pt"),
+        "update": iv.UpdateProjectionBlocker("v.pt"),
+        "clamp_each": iv.ActivationClamp("v.pt", mode="each"),
+        "gradient": iv.GradientProjectionBlocker("v.pt"),
+        "penalty": iv.RepresentationPenalty("v.pt"),
+        "clamp_shift": iv.ActivationClamp("v.pt", mode="shift"),
+        "anchor": iv.L2Anchor(),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_interventions()))
+def test_fsdp2_runs_the_shard_aware_interventions_and_refuses_the_rest(name: str) -> None:
+    from types import SimpleNamespace
+
+    from testbed.errors import ConfigError
+    from testbed.sharding import FSDP2Strategy
+    from testbed.strategies import check_strategy, strategy_family
+
+    strategy = FSDP2Strategy()
+    assert strategy_family(strategy) == "fsdp2"
+    callback = _interventions()[name]
+    trainer = SimpleNamespace(strategy=strategy, callbacks=[callback])
+    if name in ("monitor", "update", "clamp_each"):
+        check_strategy(trainer)
+        return
+    instead = "one device" if name == "clamp_shift" else "strategy: ddp or one device"
+    with pytest.raises(ConfigError, match=rf"\(fsdp2\) cannot run .*Use {instead} \(devices: 1\) instead"):
+        check_strategy(trainer)
+
+
+def test_fsdp1_refusal_names_the_fsdp2_strategy() -> None:
+    from types import SimpleNamespace
+
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    from testbed import interventions as iv
+    from testbed.errors import ConfigError
+    from testbed.strategies import check_strategy
+
+    trainer = SimpleNamespace(strategy=FSDPStrategy(), callbacks=[iv.ReversionMonitor("v.pt"),
+                                                                  iv.UpdateProjectionBlocker("v.pt")])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"UpdateProjectionBlocker .*Use strategy: testbed\.sharding\.FSDP2Strategy"):
+        check_strategy(trainer)
+
+
+def test_cli_refuses_an_unsupported_intervention_before_launching(tmp_path: Path, run_cli, capsys) -> None:
+    direction = write_direction(tmp_path / "vrev.pt")
+    config = _run(tmp_path, "refused", direction, 16, devices=2, strategy=FSDP2)
+    assert run_cli(["fit", "--config", str(config), "--trainer.callbacks+=testbed.interventions.L2Anchor"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("testbed: error: strategy FSDP2Strategy (fsdp2) cannot run L2Anchor")
+    assert "Use strategy: ddp or one device (devices: 1) instead" in err[-1]
+    assert not (tmp_path / "refused").exists()
