@@ -23,7 +23,8 @@ def kind_of(path: Path) -> tuple[str, list[Path]]:
     text = path.read_text(encoding="utf-8")
     first = text.splitlines()[0] if text else ""
     data = yaml.safe_load(text)
-    if path.parent.name == "recipes":  # real-checkpoint paths: run on tiny same-family checkpoints by test_recipes.py
+    if "recipes" in path.relative_to(EXPERIMENTS).parts:  # real-checkpoint paths: run on tiny checkpoints by
+        # tests/testbed/llm/test_recipes.py and test_your_model.py
         return "recipe", [path]
     if match := OVERLAY_HEADER.match(first):
         return "overlay", [(path.parent / match.group(1)).resolve(), path]
