@@ -39,6 +39,7 @@ __all__ = [
     "shard_groups",
     "all_reduce_sum",
     "backward_grads",
+    "default_root",
     "shard_module",
     "FSDP2Strategy",
 ]
@@ -115,24 +116,40 @@ def _module_lists(module: nn.Module) -> list[nn.Module]:
     return [child for m in module.modules() if isinstance(m, nn.ModuleList) for child in m]
 
 
-def shard_module(module: nn.Module, mesh: Any, units: Sequence[str] | None = None, root: str = "",
+def _submodule(module: nn.Module, path: str, what: str) -> nn.Module:
+    try:
+        return module.get_submodule(path) if path else module
+    except AttributeError:
+        raise ConfigError(f"FSDP2 {what} {path!r} is not a submodule of {type(module).__name__}") from None
+
+
+def default_root(module: nn.Module) -> str:
+    """``model`` when ``module`` wraps its network there (``testbed.llm.CausalLMModule``), else ``""`` (itself)."""
+    inner = getattr(module, "model", None)
+    if isinstance(inner, nn.Module) and sum(1 for _ in inner.parameters()) == sum(1 for _ in module.parameters()):
+        return "model"
+    return ""
+
+
+def shard_module(module: nn.Module, mesh: Any, units: Sequence[str] | None = None, root: str | None = None,
                  reshard_after_forward: bool = True) -> nn.Module:  # fmt: skip
     """Apply ``fully_shard`` to each unit of ``module`` (innermost first) and then to its root; idempotent.
 
     Args:
         module: the model (a ``TestbedModule``).
         mesh: the data-parallel device mesh.
-        units: module paths to shard as units (default: every element of every ``nn.ModuleList``).
-        root: module path of the root to shard last (``""``: ``module`` itself). It must be the module whose
-            ``forward`` the training and probe passes call, so FSDP's root hooks run.
+        units: module paths to shard as units (default: every element of every ``nn.ModuleList`` under the root).
+        root: module path of the root to shard last (default ``default_root``; ``""``: ``module`` itself). It must
+            be the module whose ``forward`` the training and probe passes call, so FSDP's root hooks run.
         reshard_after_forward: free the gathered weights after each forward (less memory, one more gather).
     """
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    top = module.get_submodule(root) if root else module
+    root = default_root(module) if root is None else root
+    top = _submodule(module, root, "root")
     if isinstance(top, FSDPModule):
         return module
-    chosen = [module.get_submodule(u) for u in units] if units is not None else _module_lists(top)
+    chosen = [_submodule(module, u, "unit") for u in units] if units is not None else _module_lists(top)
     depth = {id(m): len(name.split(".")) for name, m in module.named_modules()}
     for unit in sorted(chosen, key=lambda m: -depth.get(id(m), 0)):
         if any(True for _ in unit.parameters()):
@@ -149,9 +166,10 @@ class FSDP2Strategy(ModelParallelStrategy):
     """FSDP2 (``fully_shard``) over all processes, applied to any ``TestbedModule`` after its ``configure_model``.
 
     Args:
-        units: module paths sharded as units (default: every element of every ``nn.ModuleList``).
-        root: module path of the root that ``forward`` runs through (default ``""``: the LightningModule itself;
-            ``model`` for ``testbed.llm.CausalLMModule``).
+        units: module paths sharded as units (default: every element of every ``nn.ModuleList`` under the root:
+            toy blocks, decoder layers).
+        root: module path of the root the forward passes run through (default: ``model`` when the module keeps its
+            whole network there, as ``testbed.llm.CausalLMModule`` does, else the LightningModule itself).
         reshard_after_forward: free gathered weights after each unit's forward.
         process_group_backend: ``gloo`` (CPU) or ``nccl`` (GPU); default by device.
 
@@ -162,12 +180,16 @@ class FSDP2Strategy(ModelParallelStrategy):
     def __init__(
         self,
         units: list[str] | None = None,
-        root: str = "",
+        root: str | None = None,
         reshard_after_forward: bool = True,
         process_group_backend: str | None = None,
     ) -> None:
         super().__init__(data_parallel_size="auto", tensor_parallel_size=1, save_distributed_checkpoint=False,
                          process_group_backend=process_group_backend)  # fmt: skip
+        if units is not None and not all(isinstance(u, str) and u for u in units):
+            raise ConfigError(f"FSDP2 units must be non-empty module paths, got {units!r}")
+        if root is not None and not isinstance(root, str):
+            raise ConfigError(f"FSDP2 root must be a module path, got {root!r}")
         self.units = None if units is None else list(units)
         self.root = root
         self.reshard_after_forward = reshard_after_forward

@@ -136,8 +136,50 @@ def test_causal_lm_fsdp2_two_processes_match_one(tmp_path: Path, run_cli, single
     args = lm_args(tmp_path, lora=lora, optimizer=None if lora else {"name": "sgd", "lr": 0.1})
     write_lm_direction(tmp_path, *args)
     assert run_cli(["fit", "--config", str(lm_config(tmp_path, "single", args, 8))]) == 0
-    strategy = {**FSDP2, "init_args": {"root": "model"}}
-    result = run_testbed(["fit", "--config", str(lm_config(tmp_path, "fsdp", args, 4, devices=2, strategy=strategy))],
+    result = run_testbed(["fit", "--config", str(lm_config(tmp_path, "fsdp", args, 4, devices=2, strategy=FSDP2))],
                          cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_match(tmp_path, "blocks.1.resid_post", steps=[1, 2, 4])
+
+
+# ---- the shard-aware pieces on plain tensors (one process: no reduction, the ordinary results) --------------------
+def test_flat_algebra_over_plain_parameters_is_the_ordinary_algebra() -> None:
+    from testbed.interventions.flat import flat_dot, flat_matvec, flat_norm, flatten, orthonormal_rows
+    from testbed.sharding import is_sharded, shard_groups
+    from testbed.testing import TinyRegressor
+
+    params = list(TinyRegressor().parameters())
+    assert shard_groups(params) == () and not is_sharded(params)
+    a, b = flatten(params, params), torch.randn(sum(p.numel() for p in params))
+    assert torch.equal(flat_dot(a, b, params), torch.dot(a, b))
+    assert torch.equal(flat_norm(a, params), torch.dot(a, a).sqrt())
+    rows = torch.stack([a, b])
+    assert torch.equal(flat_matvec(rows, b, params), rows @ b)
+    torch.testing.assert_close(orthonormal_rows(rows, over=params), orthonormal_rows(rows))
+
+
+def test_backward_grads_is_the_vjp_and_keeps_the_training_gradient() -> None:
+    from testbed.sharding import backward_grads
+    from testbed.testing import TinyRegressor
+
+    model = TinyRegressor()
+    params = list(model.parameters())
+    x = torch.randn(5, 4)
+    model(x).pow(2).sum().backward()
+    training = [p.grad.clone() for p in params]
+    got = backward_grads(lambda: model(x).sum(), params)
+    expected = torch.autograd.grad(model(x).sum(), params)
+    for g, e, p, t in zip(got, expected, params, training, strict=True):
+        torch.testing.assert_close(g, e)
+        assert torch.equal(p.grad, t)
+
+
+def test_fsdp2_root_and_settings() -> None:
+    from testbed.errors import ConfigError
+    from testbed.sharding import FSDP2Strategy, default_root
+    from testbed.testing import TinyRegressor, tiny_lm
+
+    assert default_root(TinyRegressor()) == ""
+    assert default_root(tiny_lm("gpt2", lora={"r": 2})[0]) == "model"
+    with pytest.raises(ConfigError, match="units must be non-empty module paths"):
+        FSDP2Strategy(units=[""])
