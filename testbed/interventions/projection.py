@@ -18,6 +18,7 @@ Under FSDP2 the vectors hold each process's parameter slices: J is taken by an o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +102,7 @@ class _JacobianProjection(DirectionCallback):
         self.jacobians = torch.stack(rows)
         self.basis = orthonormal_rows(rows, over=params)
 
-    def project(self, delta: Tensor, sign: float, over: list[Tensor] = ()) -> tuple[Tensor, Tensor]:
+    def project(self, delta: Tensor, sign: float, over: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor]:
         """(kept, removed) parts of ``delta``; removed lies in span{J_l} (one-sided: J_l with sign·J_l·delta > 0).
 
         ``over``: the parameters the vectors live over (their inner products are summed across shards).
