@@ -115,8 +115,12 @@ def fisher_subspace(
     if not bool(top[-1] > 1e-12 * max(float(mu[0]), 1e-300)):
         rank = int((mu > 1e-12 * max(float(mu[0]), 1e-300)).sum())
         raise ConfigError(f"the safety Fisher has rank {rank} < d={settings.d} on these {n} examples: lower d")
-    coef = (u[:, : settings.d] / torch.sqrt(n * top)).to(g.dtype)  # [N, d]
-    basis = part.orthonormalize(coef.T @ g)  # v_j = Gᵀ u_j / √(N μ_j), rows
+    coef = u[:, : settings.d] / torch.sqrt(n * top)  # [N, d]: v_j = Gᵀ u_j / √(N μ_j)
+    # V Vᵀ = N Cᵀ K C is I up to round-off: re-orthonormalise C with its Cholesky factor (rows keep their order),
+    # so the basis needs one pass over G and no further inner products over the parameters
+    chol = torch.linalg.cholesky(n * coef.T @ gram @ coef)
+    coef = torch.linalg.solve_triangular(chol, coef.T, upper=False).T
+    basis = coef.T.to(g.dtype) @ g
     how = f"Fisher by the Gram trick; per-example gradients by {grads.describe()}"
     return Subspace(basis, top.to(g.dtype), float(torch.trace(gram)), n, "fisher", how, mu.to(g.dtype))
 
@@ -130,7 +134,7 @@ def hessian_subspace(
     _check_d(settings.d, None, dim, "hessian")
     part = partition or FlatPartition(dim)
     with probe_mode(module, grad=True), module.curvature_mode():
-        hvp = LossHVP(lambda: safety_loss(module, batch), params, settings.hvp)
+        hvp = LossHVP(lambda: safety_loss(module, batch), params, settings.hvp, partition=part)
         iters = min(dim, settings.lanczos_iters or 2 * settings.d + 20)
         dtype, device = work_dtype(params), params[0].device
         lam, vecs = lanczos_top(hvp, dim, settings.d, iters, settings.seed, dtype, part, device)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.func import grad, jvp
 from torch.nn.utils import parameters_to_vector
 
+from testbed.curvature.partition import FlatPartition
 from testbed.curvature.per_example import work_dtype
 from testbed.errors import ConfigError, one_line
 
@@ -52,7 +53,9 @@ class LossHVP:
         method: ``auto`` (double backward, falling back to finite differences), ``double_backward`` or
             ``finite_difference``.
         fd_step: relative step of the finite difference (default: cube root of the working precision's epsilon).
-        average: applied to every gradient and product (e.g. a mean over processes that each hold part of a batch).
+        partition: how norms over the parameters are reduced; with ``average`` true, every gradient and product is
+            also averaged over its processes (each holding part of a batch, as under DDP).
+        average: average gradients and products over ``partition``'s processes.
     """
 
     def __init__(
@@ -61,11 +64,14 @@ class LossHVP:
         params: list[nn.Parameter],
         method: HVPMethod = "auto",
         fd_step: float | None = None,
-        average: Callable[[Tensor], Tensor] | None = None,
+        partition: FlatPartition | None = None,
+        average: bool = False,
     ) -> None:
         if method not in ("auto", "double_backward", "finite_difference"):
             raise ConfigError(f"hvp method must be auto, double_backward or finite_difference, got {method!r}")
-        self.loss, self.params, self.average = loss, params, average or (lambda t: t)
+        self.loss, self.params = loss, params
+        self.partition = partition or FlatPartition(sum(p.numel() for p in params))
+        self.average = self.partition.average if average else (lambda t: t)
         self.dtype = work_dtype(params)
         self.fd_step = fd_step if fd_step is not None else torch.finfo(self.dtype).eps ** (1 / 3)
         self.method = "finite_difference" if method == "finite_difference" else "double_backward"
@@ -114,11 +120,11 @@ class LossHVP:
             p.copy_(piece.view_as(p))
 
     def _finite_difference(self, v: Tensor) -> Tensor:
-        norm = float(torch.linalg.vector_norm(v))
+        norm = float(self.partition.norm(v.to(self.dtype)))
         if norm == 0.0:
             return torch.zeros_like(v, dtype=self.dtype)
         original = parameters_to_vector([p.detach() for p in self.params]).clone()
-        scale = max(1.0, float(torch.linalg.vector_norm(original.to(self.dtype))) / math.sqrt(original.numel()))
+        scale = max(1.0, float(self.partition.norm(original.to(self.dtype))) / math.sqrt(original.numel()))
         h = self.fd_step * scale
         direction = (v.to(self.dtype) / norm).to(original.dtype)
         try:

@@ -6,7 +6,8 @@ verdict with its predicted exponent; these are logged at step 0 under ``curvatur
 ``<log_dir>/curvature.pt``. Then, at step 1, every ``every_n_steps`` steps, at the extra ``steps`` and at the end, with
 δ = θ − θ* it logs
 
-- ``delta_u``: Δu = u(θ) − u(θ*), the safety loss (mean of ``safety_losses`` on the safety batch) minus its start;
+- ``delta_u``: Δu = u(θ) − u(θ*), the safety loss (mean of ``safety_losses`` on the safety batch, or on its first
+  ``measure_n`` examples: one forward pass over them per measurement) minus its start;
 - ``disp_in_S`` = ‖P_S δ‖, ``disp_f`` = ‖F^{1/2} P_S δ‖, ``disp_norm`` = ‖δ‖, and ``update_overlap`` =
   ‖P_S Δθ‖/‖Δθ‖ for the last update Δθ;
 - ``linear_pred`` = ∇u(θ*)·δ and ``quadratic_pred`` = ½‖F^{1/2} P_S δ‖²: near θ* Δu ≈ linear_pred + quadratic_pred
@@ -39,9 +40,10 @@ from pytorch_lightning.utilities import rank_zero_warn
 from testbed.curvature.diagnostics import AICThresholds, Diagnostics, diagnose
 from testbed.curvature.estimate import SubspaceSettings, safety_loss
 from testbed.curvature.hvp import LossHVP
+from testbed.curvature.per_example import rows
 from testbed.errors import ConfigError, as_settings, one_of, positive_int
 from testbed.interventions.subspace_base import SubspaceCallback
-from testbed.probes import probe_mode
+from testbed.probes import batch_size, probe_mode
 from testbed.step_log import log_at_step
 from testbed.tags import CURVATURE, tag
 from theory.fit import RunningLogLogFit
@@ -68,6 +70,8 @@ class CurvatureMonitor(SubspaceCallback):
         law: ``gd`` (γ²η⁴n²(n−1)²/8) or ``flow`` (γ²t⁴/8, t = ηn) for ``leading_law``.
         aic: thresholds of the verdict (``AICThresholds``).
         save: write S and the diagnostics to ``<log_dir>/curvature.pt`` (atomically; rank zero, with a logger).
+        measure_n: measure Δu (and ∇u(θ*) for ``linear_pred``) on the first ``measure_n`` safety examples only
+            (default: all N that S is estimated from); fewer make each measurement cheaper and Δu noisier.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class CurvatureMonitor(SubspaceCallback):
         law: Literal["gd", "flow"] = "gd",
         aic: AICThresholds | None = None,
         save: bool = True,
+        measure_n: int | None = None,
     ) -> None:
         super().__init__(subspace)
         if self.settings.method == "random":
@@ -96,6 +101,8 @@ class CurvatureMonitor(SubspaceCallback):
         self.law = one_of("law", law, ("gd", "flow"))
         self.thresholds = as_settings(AICThresholds, aic, "aic") or AICThresholds()
         self.save = bool(save)
+        self.measure_n = positive_int("measure_n", measure_n, allow_none=True)
+        self.measured: Any = None  # the safety examples Δu is measured on
         self.diagnostics: Diagnostics | None = None
         self.history: list[dict[str, float]] = []
         self.series: np.ndarray | None = None
@@ -120,19 +127,23 @@ class CurvatureMonitor(SubspaceCallback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         restored = self._restored
         super().on_train_start(trainer, pl_module)
+        size = batch_size(self.safety)
+        if self.measure_n is not None and self.measure_n > size:
+            raise ConfigError(f"measure_n={self.measure_n} exceeds the safety set ({size} examples)")
+        self.measured = self.safety if self.measure_n is None else rows(self.safety, 0, self.measure_n)
         if restored is not None:
             self._restore_monitor(restored)
             return
         self.u_star = self._safety_loss(pl_module)
         self.eta = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else math.nan
-        self.safety_grad = self.safety_gradient(pl_module)
+        self.safety_grad = self.safety_gradient(pl_module, self.measured)
         stationary = {_t("safety_grad_norm"): float(self.partition.norm(self.safety_grad)),
                       _t("safety_grad_in_S"): float(self.subspace.coords(self.safety_grad, self.partition).norm())}
         log_at_step(trainer, {**self.subspace.scalars(), **stationary}, step=0)
 
     def _safety_loss(self, pl_module: pl.LightningModule) -> float:
         with probe_mode(pl_module):
-            return float(safety_loss(pl_module, self.safety))
+            return float(safety_loss(pl_module, self.measured))
 
     # ---- the AIC diagnostics on the first batch ---------------------------------------------------------------
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *args: Any) -> None:
@@ -143,7 +154,8 @@ class CurvatureMonitor(SubspaceCallback):
     def _diagnose(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         params = self.params(pl_module)
         with probe_mode(pl_module, grad=True), pl_module.curvature_mode():
-            hvp = LossHVP(lambda: pl_module.task_loss(batch), params, self.settings.hvp, average=self.partition.average)
+            hvp = LossHVP(lambda: pl_module.task_loss(batch), params, self.settings.hvp, partition=self.partition,
+                          average=True)
             hg = hvp(hvp.grad)
             self.diagnostics = diagnose(self.subspace, hvp.grad, hg, self.thresholds, self.partition, hvp.describe())
             if self.theory_order is not None:

@@ -65,11 +65,12 @@ class SubspaceCallback(pl.Callback):
         params = self.params(module)
         return flatten(params, params)
 
-    def safety_gradient(self, module: TestbedModule) -> Tensor:
-        """∇u at the current weights, flat [P] (eval mode, RNG isolated)."""
+    def safety_gradient(self, module: TestbedModule, batch: Any = None) -> Tensor:
+        """∇u at the current weights on ``batch`` (default: the safety batch), flat [P] (eval mode, RNG isolated)."""
         params = self.params(module)
         with probe_mode(module, grad=True):
-            grads = torch.autograd.grad(safety_loss(module, self.safety), params, allow_unused=True)
+            loss = safety_loss(module, self.safety if batch is None else batch)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
         return flatten(grads, params)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -70,6 +70,25 @@ def test_monitor_logs_the_diagnostics_and_writes_the_subspace(tmp_path: Path):
     assert math.copysign(1, first["curvature/delta_u"]) == math.copysign(1, first["curvature/linear_pred"])
 
 
+def test_measure_n_measures_delta_u_on_the_first_safety_examples_with_the_same_subspace():
+    from testbed.curvature import safety_loss
+    from testbed.curvature.per_example import rows
+    from testbed.probes import probe_mode
+
+    full, part = monitor(), monitor(measure_n=8)
+    start = model()
+    fit(copy.deepcopy(start), [full])
+    trained = fit(copy.deepcopy(start), [part])
+    assert torch.equal(full.subspace.basis, part.subspace.basis)  # S still comes from all 32 safety examples
+    first = rows(part.safety, 0, 8)
+    with probe_mode(start), probe_mode(trained):
+        want = float(safety_loss(trained, first) - safety_loss(start, first))
+    assert part.history[-1]["curvature/delta_u"] == pytest.approx(want, rel=1e-6)
+    assert part.history[-1]["curvature/delta_u"] != pytest.approx(full.history[-1]["curvature/delta_u"], rel=1e-3)
+    with pytest.raises(ConfigError, match="measure_n=33 exceeds the safety set"):
+        fit(model(), [monitor(measure_n=33)])
+
+
 def test_blocker_holds_the_motion_in_S_under_adamw_and_shares_the_estimate():
     watch, block = monitor(every_n_steps=1), SubspaceBlocker(SUBSPACE)
     fit(model(), [watch, block])
