@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from testbed.errors import CheckpointError, ConfigError, as_settings
+from testbed.errors import ConfigError, as_settings
 from testbed.llm.models import IGNORE_INDEX
-from testbed.llm.tokenizer import build_word_tokenizer
+from testbed.llm.tokenizer import build_word_tokenizer, load_tokenizer
 from testbed.llm.world import ASSISTANT, USER, Example, SafetyWorld, WorldConfig, world_vocabulary
 from testbed.protocol import TestbedDataModule
 
@@ -40,21 +40,6 @@ WORLD_CHAT_TEMPLATE = (
 def world_tokenizer() -> Any:
     """The safety world's fast tokenizer, with its chat template."""
     return build_word_tokenizer(world_vocabulary(), chat_template=WORLD_CHAT_TEMPLATE)
-
-
-def load_tokenizer(path: str) -> Any:
-    """A tokenizer from a local folder (no network, no remote code)."""
-    from transformers import AutoTokenizer
-
-    if not Path(path).is_dir():
-        raise CheckpointError(f"tokenizer folder not found: {path}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    except Exception as exc:
-        raise CheckpointError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def format_prompt(tokenizer: Any, prompt: str, prompt_format: str = "{prompt}") -> str:

@@ -10,7 +10,7 @@ import torch
 
 from testbed.errors import ConfigError
 from testbed.llm.data import JsonlDataModule, SafetyWorldDataModule
-from testbed.llm.models import IGNORE_INDEX
+from testbed.llm.models import IGNORE_INDEX, base_model
 from testbed.llm.world import COMPLY_PREFIX, REFUSE_PREFIX
 
 
@@ -56,7 +56,7 @@ def test_per_example_safety_loss_is_the_training_loss_of_that_example(tiny_gpt2,
 
 def test_curvature_mode_switches_to_eager_attention_and_back(tiny_gpt2):
     module, _ = tiny_gpt2(lora={"r": 2})
-    base = module._base_model()
+    base = base_model(module.model)
     before = base.config._attn_implementation
     with module.curvature_mode():
         assert base.config._attn_implementation == "eager"
