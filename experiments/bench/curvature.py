@@ -152,7 +152,7 @@ def main() -> None:
     data = SafetyTokens(vocab=512)
     bench("GPT-2 4x128, full fine-tuning", CausalLMModule(model="gpt2", model_config=GPT2, vocab_size=512), data,
           args.steps, args.repeats)  # fmt: skip
-    bench("GPT-2 4x128, LoRA r=8 on c_attn/c_proj",
+    bench("GPT-2 4x128, LoRA r=8 (peft's default targets: c_attn)",
           CausalLMModule(model="gpt2", model_config=GPT2, vocab_size=512, lora={"r": 8, "alpha": 16}), data,
           args.steps, args.repeats)  # fmt: skip
     lora_7b = 32 * 4 * 2 * 4096 * 16  # Llama-7B, LoRA r=16 on q/k/v/o: 32 layers × 4 projections × (A + B)
