@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 from testbed.errors import ConfigError
 
@@ -39,6 +39,9 @@ __all__ = [
     "shard_groups",
     "all_reduce_sum",
     "backward_grads",
+    "local_numel",
+    "full_flat",
+    "local_flat",
     "default_root",
     "shard_module",
     "FSDP2Strategy",
@@ -110,6 +113,52 @@ def backward_grads(scalar: Callable[[], Tensor], params: Sequence[nn.Parameter])
     finally:
         for p, g in zip(params, saved, strict=True):
             p.grad = g
+
+
+def local_numel(params: Sequence[Tensor]) -> int:
+    """The number of coordinates this process holds of ``params`` (P itself unless they are sharded)."""
+    return sum(local(p).numel() for p in params)
+
+
+def full_flat(flat: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """The whole flat vector(s) ``[..., P]`` from this process's slices ``[..., P_local]`` (a collective if sharded).
+
+    Every process must call it (it all-gathers each sharded parameter's piece); plain parameters return ``flat``.
+    """
+    if not is_sharded(params):
+        return flat
+    out, start = [], 0
+    for p in params:
+        n = local(p).numel()
+        piece = flat[..., start : start + n]
+        start += n
+        if not isinstance(p, DTensor):
+            out.append(piece)
+            continue
+        lead = piece.shape[:-1]
+        shaped = piece.reshape(*lead, *local(p).shape).movedim(tuple(range(len(lead))), tuple(range(-len(lead), 0)))
+        shape = (*p.shape, *lead)
+        whole = DTensor.from_local(shaped.contiguous(), p.device_mesh, p.placements, run_check=False, shape=shape,
+                                   stride=torch.empty(shape, device="meta").stride()).full_tensor()  # fmt: skip
+        out.append(whole.movedim(tuple(range(-len(lead), 0)), tuple(range(len(lead)))).reshape(*lead, -1))
+    return torch.cat(out, dim=-1)
+
+
+def local_flat(flat: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """This process's slices ``[..., P_local]`` of whole flat vector(s) ``[..., P]`` (no communication)."""
+    if not is_sharded(params):
+        return flat
+    out, start = [], 0
+    for p in params:
+        piece = flat[..., start : start + p.numel()]
+        start += p.numel()
+        if isinstance(p, DTensor):
+            lead = piece.shape[:-1]
+            whole = piece.reshape(*lead, *p.shape).movedim(tuple(range(len(lead))), tuple(range(-len(lead), 0)))
+            part = distribute_tensor(whole.contiguous(), p.device_mesh, p.placements, src_data_rank=None).to_local()
+            piece = part.movedim(tuple(range(-len(lead), 0)), tuple(range(len(lead)))).reshape(*lead, -1)
+        out.append(piece)
+    return torch.cat(out, dim=-1)
 
 
 def _module_lists(module: nn.Module) -> list[nn.Module]:

@@ -9,8 +9,9 @@
   Hessian-vector products; its trace by Hutchinson's estimator.
 - ``random``: a seeded random d-dimensional subspace (the blocker's control), no eigenvalues.
 
-Inner products are reduced through a ``FlatPartition`` (one process, or DDP's split of the coordinates), so every
-process gets the same subspace.
+Inner products are reduced through a ``FlatPartition`` (one process, DDP's split of the coordinates, or FSDP2's
+shards), so every process gets the same subspace; on sharded parameters each process holds the slices of it that
+match its shards, random vectors are drawn whole and sliced, and every process runs every forward and backward pass.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from testbed.curvature.subspace import Subspace
 from testbed.errors import ConfigError, one_of, positive_int
 from testbed.probes import batch_size, probe_mode
 from testbed.protocol import TestbedModule
+from testbed.sharding import local_flat, local_numel
 
 __all__ = ["SubspaceSettings", "fisher_subspace", "hessian_subspace", "random_subspace", "estimate_subspace",
            "safety_subset", "safety_loss"]  # fmt: skip
@@ -103,10 +105,10 @@ def fisher_subspace(
 ) -> Subspace:
     """S from the safety Fisher by the Gram trick (see the module docstring)."""
     grads = per_example_gradients(module, batch, "fisher_scores", settings.per_example, settings.chunk_size)
-    g = grads.grads  # [N, P]
-    n, p = g.shape
-    _check_d(settings.d, n, p, "fisher")
-    part = partition or FlatPartition(p)
+    g = grads.grads  # [N, P] (this process's columns when sharded)
+    n = g.shape[0]
+    part = partition or FlatPartition(g.shape[1])
+    _check_d(settings.d, n, part.total, "fisher")
     gram = part.matmul(g.double(), g.double()) / n if g.dtype == torch.float64 else part.matmul(g, g).double() / n
     mu, u = torch.linalg.eigh(0.5 * (gram + gram.T))
     mu, u = mu.flip(0), u.flip(1)
@@ -132,13 +134,14 @@ def hessian_subspace(
     params = [p for _, p in trainable(module)]
     dim = sum(p.numel() for p in params)
     _check_d(settings.d, None, dim, "hessian")
-    part = partition or FlatPartition(dim)
+    part = partition or FlatPartition(local_numel(params))
     with probe_mode(module, grad=True), module.curvature_mode():
         hvp = LossHVP(lambda: safety_loss(module, batch), params, settings.hvp, partition=part)
         iters = min(dim, settings.lanczos_iters or 2 * settings.d + 20)
         dtype, device = work_dtype(params), params[0].device
-        lam, vecs = lanczos_top(hvp, dim, settings.d, iters, settings.seed, dtype, part, device)
-        trace = hutchinson_trace(hvp, dim, settings.trace_samples, settings.seed + 1, dtype, part, device)
+        localize = lambda v: local_flat(v, params)  # noqa: E731
+        lam, vecs = lanczos_top(hvp, dim, settings.d, iters, settings.seed, dtype, part, device, localize)
+        trace = hutchinson_trace(hvp, dim, settings.trace_samples, settings.seed + 1, dtype, part, device, localize)
     how = f"Hessian by Lanczos ({iters} steps, products by {hvp.describe()}); trace by Hutchinson " \
           f"({settings.trace_samples} probes)"  # fmt: skip
     return Subspace(vecs.T.contiguous(), lam, trace, batch_size(batch), "hessian", how, lam)
@@ -151,7 +154,7 @@ def random_subspace(module: TestbedModule, settings: SubspaceSettings, partition
     _check_d(settings.d, None, dim, "random")
     gen = torch.Generator().manual_seed(settings.seed)
     rows_ = torch.randn(settings.d, dim, generator=gen, dtype=work_dtype(params)).to(params[0].device)
-    basis = (partition or FlatPartition(dim)).orthonormalize(rows_)
+    basis = (partition or FlatPartition(dim)).orthonormalize(local_flat(rows_, params))
     nan = torch.full((settings.d,), math.nan, dtype=basis.dtype)
     return Subspace(basis, nan, math.nan, 0, "random", f"random Gaussian subspace (seed {settings.seed})")
 

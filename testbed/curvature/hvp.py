@@ -11,6 +11,8 @@ Where a kernel has no double backward (e.g. fused attention on CPU), a central d
 
 with ``step`` = ε^{1/3} of the working precision by default (the balance of the O(h²) truncation and the O(ε/h)
 round-off errors); the weights are restored exactly after each pair. ``method`` and ``note`` say which was used.
+On FSDP2-sharded parameters double backward does not run, so ``auto`` takes finite differences from the start, every
+gradient by an ordinary ``backward`` (all processes together), every vector being this process's slices.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch.nn.utils import parameters_to_vector
 from testbed.curvature.partition import FlatPartition
 from testbed.curvature.per_example import work_dtype
 from testbed.errors import ConfigError, one_line
+from testbed.sharding import backward_grads, is_sharded, local
 
 __all__ = ["Operator", "flat_hvp", "HVPMethod", "LossHVP"]
 
@@ -70,12 +73,16 @@ class LossHVP:
         if method not in ("auto", "double_backward", "finite_difference"):
             raise ConfigError(f"hvp method must be auto, double_backward or finite_difference, got {method!r}")
         self.loss, self.params = loss, params
-        self.partition = partition or FlatPartition(sum(p.numel() for p in params))
+        self.sharded = is_sharded(params)
+        if self.sharded and method == "double_backward":
+            raise ConfigError("Hessian-vector products by double backward do not run on FSDP2-sharded parameters: "
+                              "use hvp: finite_difference or auto")
+        self.partition = partition or FlatPartition(sum(local(p).numel() for p in params))
         self.average = self.partition.average if average else (lambda t: t)
         self.dtype = work_dtype(params)
         self.fd_step = fd_step if fd_step is not None else torch.finfo(self.dtype).eps ** (1 / 3)
-        self.method = "finite_difference" if method == "finite_difference" else "double_backward"
-        self.note = ""
+        self.method = "finite_difference" if method == "finite_difference" or self.sharded else "double_backward"
+        self.note = "FSDP2-sharded parameters" if self.sharded and method == "auto" else ""
         self._forced = method != "auto"
         self._graph: list[Tensor] | None = None
         if self.method == "double_backward":
@@ -88,6 +95,10 @@ class LossHVP:
         return parameters_to_vector([t.detach() for t in tensors]).to(self.dtype)
 
     def _gradient(self) -> Tensor:
+        if self.sharded:  # FSDP's backward hooks reduce-scatter (average) into each slice: no further average
+            grads = backward_grads(self.loss, self.params)
+            return self._flat([local(p).new_zeros(local(p).shape) if g is None else g
+                               for g, p in zip(grads, self.params, strict=True)])  # fmt: skip
         with torch.enable_grad():
             grads = torch.autograd.grad(self.loss(), self.params, materialize_grads=True)
         return self.average(self._flat(list(grads)))
@@ -116,15 +127,16 @@ class LossHVP:
 
     @torch.no_grad()
     def _set(self, flat: Tensor) -> None:
-        for p, piece in zip(self.params, torch.split(flat, [p.numel() for p in self.params]), strict=True):
-            p.copy_(piece.view_as(p))
+        pieces = torch.split(flat, [local(p).numel() for p in self.params])
+        for p, piece in zip(self.params, pieces, strict=True):
+            local(p).copy_(piece.view_as(local(p)))
 
     def _finite_difference(self, v: Tensor) -> Tensor:
         norm = float(self.partition.norm(v.to(self.dtype)))
         if norm == 0.0:
             return torch.zeros_like(v, dtype=self.dtype)
-        original = parameters_to_vector([p.detach() for p in self.params]).clone()
-        scale = max(1.0, float(self.partition.norm(original.to(self.dtype))) / math.sqrt(original.numel()))
+        original = parameters_to_vector([local(p).detach() for p in self.params]).clone()
+        scale = max(1.0, float(self.partition.norm(original.to(self.dtype))) / math.sqrt(self.partition.total))
         h = self.fd_step * scale
         direction = (v.to(self.dtype) / norm).to(original.dtype)
         try:

@@ -4,7 +4,9 @@ Lanczos builds an orthonormal basis q_1 … q_m of the Krylov space {q_1, A q_1,
 re-orthogonalisation (twice, which is enough in float64), in which A is the tridiagonal T = Qᵀ A Q; the eigenpairs
 (θ_j, y_j) of T give Ritz pairs (θ_j, Q y_j) whose top ones converge first. It stops early when the Krylov space is
 exhausted (a low-rank operator), which makes it exact for rank < iterations. Inner products go through a
-``FlatPartition`` (partial sums + all-reduce), so every process of a group gets the same pairs.
+``FlatPartition`` (partial sums + all-reduce), so every process of a group gets the same pairs. On sharded
+parameters the random vectors are drawn whole (length P, the same on every process count) and ``localize`` keeps
+this process's slices of them.
 
 Hutchinson: trace(A) = E[zᵀ A z] for Rademacher z; the mean over ``samples`` draws (fixed seed) estimates it.
 """
@@ -24,6 +26,10 @@ __all__ = ["lanczos_top", "hutchinson_trace"]
 Operator = Callable[[Tensor], Tensor]
 
 
+def _whole(vector: Tensor) -> Tensor:
+    return vector
+
+
 def lanczos_top(
     apply: Operator,
     dim: int,
@@ -33,6 +39,7 @@ def lanczos_top(
     dtype: torch.dtype = torch.float64,
     partition: FlatPartition | None = None,
     device: torch.device | str = "cpu",
+    localize: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Top-k eigenpairs (by value) of a symmetric operator by Lanczos with full re-orthogonalisation.
 
@@ -45,6 +52,7 @@ def lanczos_top(
         dtype: working precision of the Krylov basis.
         partition: how inner products are summed (default: all coordinates, one process).
         device: device of the vectors.
+        localize: maps a whole vector [dim] to this process's slices (sharded parameters; default: identity).
 
     Returns:
         (eigenvalues [k] in descending order, eigenvectors [dim, k] with orthonormal columns).
@@ -53,7 +61,7 @@ def lanczos_top(
         raise ConfigError(f"Lanczos needs 1 <= k <= min(iters, dim), got k={k}, iters={iters}, dim={dim}")
     part = partition or FlatPartition(dim)
     gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(dim, generator=gen, dtype=dtype).to(device)
+    q = (localize or _whole)(torch.randn(dim, generator=gen, dtype=dtype).to(device))
     basis = [q / part.norm(q)]
     alphas: list[float] = []
     betas: list[float] = []
@@ -84,12 +92,13 @@ def lanczos_top(
 def hutchinson_trace(
     apply: Operator, dim: int, samples: int, seed: int = 0, dtype: torch.dtype = torch.float64,
     partition: FlatPartition | None = None, device: torch.device | str = "cpu",
+    localize: Callable[[Tensor], Tensor] | None = None,
 ) -> float:  # fmt: skip
-    """trace(A) ≈ mean_s z_sᵀ A z_s over ``samples`` Rademacher vectors z_s (seeded)."""
+    """trace(A) ≈ mean_s z_sᵀ A z_s over ``samples`` Rademacher vectors z_s (seeded; ``localize`` as for Lanczos)."""
     part = partition or FlatPartition(dim)
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
     for _ in range(samples):
-        z = (torch.randint(0, 2, (dim,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
+        z = (localize or _whole)((torch.randint(0, 2, (dim,), generator=gen) * 2 - 1).to(dtype=dtype, device=device))
         total += float(part.matmul(z, apply(z).to(dtype)))
     return total / samples

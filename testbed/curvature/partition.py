@@ -7,9 +7,11 @@ gradients, projections V x onto the subspace, norms — is a sum over coordinate
     (A Bᵀ)_{ij} = Σ_r Σ_{c ∈ slice_r} A_{ic} B_{jc}.
 
 Under DDP every process holds all P coordinates and the slices are a fixed split of them, so each process does 1/W
-of the arithmetic and all get the same sums; a process that owns only a shard of the parameters (FSDP) sums over its
-shard with the same code. One process: the slice is everything and nothing is reduced. Vectors that are not inner
-products (a gradient averaged over the processes' batches) use ``average``, an all-reduce mean of whole vectors.
+of the arithmetic and all get the same sums. Under FSDP2 (``sharded``) a flat vector on each process is already its
+own slice (the concatenated local shards, ``testbed.sharding``): the partition covers all of it and the same
+all-reduce adds the shards' partial sums. One process: the slice is everything and nothing is reduced. Vectors that
+are not inner products (a gradient averaged over the processes' batches) use ``average``, an all-reduce mean of whole
+vectors under DDP; under FSDP2 the backward pass has already averaged them (reduce-scatter), so it is the identity.
 """
 
 from __future__ import annotations
@@ -37,16 +39,22 @@ class FlatPartition:
         start: first coordinate summed here.
         stop: one past the last coordinate summed here.
         world_size: number of processes whose partial sums are added (1: no reduction).
+        sharded: the flat vectors hold this process's shards only (FSDP2); ``size`` is then the local length.
+        total: P over all processes (the global length; ``size`` unless sharded).
     """
 
     size: int
     start: int = 0
     stop: int = -1
     world_size: int = 1
+    sharded: bool = False
+    total: int = -1
 
     def __post_init__(self) -> None:
         if self.stop < 0:
             object.__setattr__(self, "stop", self.size)
+        if self.total < 0:
+            object.__setattr__(self, "total", self.size)
 
     @classmethod
     def split(cls, size: int, rank: int, world_size: int) -> FlatPartition:
@@ -55,10 +63,18 @@ class FlatPartition:
         return cls(size, bounds[rank], bounds[rank + 1], world_size)
 
     @classmethod
-    def current(cls, size: int) -> FlatPartition:
-        """The split for the running process group (DDP: every process holds the full vector), or one process."""
+    def current(cls, size: int, local_size: int | None = None) -> FlatPartition:
+        """The partition for the running process group, or one process.
+
+        Args:
+            size: P, the number of trainable parameters.
+            local_size: the length of this process's shards when the parameters are sharded (FSDP2); None for DDP
+                (every process holds the full vector, which is split) or one process.
+        """
         if not _distributed():
             return cls(size)
+        if local_size is not None:
+            return cls(local_size, world_size=dist.get_world_size(), sharded=True, total=size)
         return cls.split(size, dist.get_rank(), dist.get_world_size())
 
     @property
@@ -74,8 +90,11 @@ class FlatPartition:
         return total
 
     def average(self, vector: Tensor) -> Tensor:
-        """The mean of ``vector`` over processes (e.g. a gradient of each process's share of a batch)."""
-        return self.reduce(vector) / self.world_size
+        """The mean of ``vector`` over processes (e.g. a gradient of each process's share of a batch).
+
+        Sharded vectors come from a backward pass that averaged them already: returned as they are.
+        """
+        return vector if self.sharded else self.reduce(vector) / self.world_size
 
     def matmul(self, a: Tensor, b: Tensor) -> Tensor:
         """a bᵀ for a [m, P] (or [P]) and b [n, P] (or [P]), summed over this slice and reduced."""

@@ -6,7 +6,9 @@ of ``trainable_parameters()`` (as ``testbed.interventions.flat`` does). With ``t
 batch of one inside ``vmap(grad(...))`` over the examples, ``functional_call`` supplying the parameters, a chunk of
 examples at a time.
 A model whose forward has data-dependent control flow makes ``vmap`` raise; then a plain loop takes one backward pass
-per example. Which one ran (and why not ``vmap``) is returned with G. Every pass runs in probe mode (eval mode, RNG
+per example. Sharded parameters (FSDP2) always take the loop, each pass an ordinary ``backward`` (torch.func does
+not run on ``fully_shard``-ed modules): every process runs the same passes over the whole batch and keeps the local
+slices of the gradients, so G holds [N, P_local] columns on each process. Which one ran (and why not ``vmap``) is returned with G. Every pass runs in probe mode (eval mode, RNG
 isolated, so training is unchanged) inside the module's ``curvature_mode()``.
 
 Memory: G holds N × P numbers in the working precision (4 bytes each for float32 models), e.g. 64 × 0.87 M
@@ -28,6 +30,7 @@ from testbed.errors import ConfigError, one_line
 from testbed.guards import NonFiniteError
 from testbed.probes import batch_size, map_batch, probe_mode
 from testbed.protocol import TestbedModule
+from testbed.sharding import backward_grads, is_sharded, local_numel
 
 __all__ = ["PerExampleGradients", "per_example_gradients", "rows", "trainable", "work_dtype"]
 
@@ -52,7 +55,7 @@ class PerExampleGradients:
         """e.g. ``vmap (torch.func)`` or ``a loop of per-example backward passes (vmap failed: ...)``."""
         if self.method == "vmap":
             return "vmap (torch.func)"
-        return "a loop of per-example backward passes" + (f" (vmap failed: {self.note})" if self.note else "")
+        return "a loop of per-example backward passes" + (f" (not vmap: {self.note})" if self.note else "")
 
 
 class _Call(nn.Module):
@@ -109,9 +112,15 @@ def _by_vmap(call: _Call, named: list[tuple[str, nn.Parameter]], batch: Any, out
 
 
 def _by_loop(module: TestbedModule, name: str, params: list[nn.Parameter], batch: Any, out: Tensor) -> None:
+    sharded = is_sharded(params)
     for i in range(out.shape[0]):
-        value = _scalar(getattr(module, name)(rows(batch, i, i + 1)), name)
-        grads = torch.autograd.grad(value, params, materialize_grads=True)
+        one = rows(batch, i, i + 1)
+        if sharded:
+            grads = backward_grads(lambda one=one: _scalar(getattr(module, name)(one), name), params)
+            grads = [torch.zeros_like(g) if g is None else g for g in grads]
+        else:
+            value = _scalar(getattr(module, name)(one), name)
+            grads = torch.autograd.grad(value, params, materialize_grads=True)
         out[i] = parameters_to_vector(grads).to(out.dtype)
 
 
@@ -128,17 +137,23 @@ def per_example_gradients(
         chunk_size: examples per vmap call (bounds the activation memory).
 
     Returns:
-        G with the method used; a non-finite row raises ``NonFiniteError`` naming the example.
+        G with the method used (columns: this process's slices when sharded); a non-finite row raises
+        ``NonFiniteError`` naming the example.
     """
     named = trainable(module)
     params = [p for _, p in named]
     n = batch_size(batch)
     if n < 1:
         raise ConfigError("the safety batch is empty")
-    out = torch.empty(n, sum(p.numel() for p in params), dtype=work_dtype(params), device=params[0].device)
+    out = torch.empty(n, local_numel(params), dtype=work_dtype(params), device=params[0].device)
     used, note = method, ""
+    if is_sharded(params):
+        if method == "vmap":
+            raise ConfigError("per-example gradients by vmap do not run on FSDP2-sharded parameters: use per_example: "
+                              "loop or auto")
+        used, note = "loop", "torch.func does not run on FSDP2-sharded parameters"
     with probe_mode(module, grad=True), module.curvature_mode():
-        if method in ("auto", "vmap"):
+        if used in ("auto", "vmap"):
             try:
                 _by_vmap(_Call(module, scores), named, batch, out, chunk_size)
                 used = "vmap"

@@ -24,12 +24,15 @@ verdict with its predicted exponent; these are logged at step 0 under ``curvatur
 At the end: ``exponent`` with its 95% interval (``exponent_low``, ``exponent_high``), ``coefficient``,
 ``coefficient_ratio`` (geometric mean of Δu / series_pred over the window) and ``max_delta_u``. A step whose
 displacement in S is at round-off (‖P_S δ‖ <= 1e-12 ‖δ‖) is logged but not fitted. It never touches training: the
-passes run in eval mode with the RNG isolated.
+passes run in eval mode with the RNG isolated. Under FSDP2 every process measures together (the forward passes are
+collective); ``theory_order`` is refused there (theory's series works on whole vectors), and ``curvature.pt`` holds
+the whole S, gathered from the shards.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -44,6 +47,7 @@ from testbed.curvature.per_example import rows
 from testbed.errors import ConfigError, as_settings, one_of, positive_int
 from testbed.interventions.subspace_base import SubspaceCallback
 from testbed.probes import batch_size, probe_mode
+from testbed.sharding import full_flat, is_sharded
 from testbed.step_log import log_at_step
 from testbed.tags import CURVATURE, tag
 from theory.fit import RunningLogLogFit
@@ -125,6 +129,9 @@ class CurvatureMonitor(SubspaceCallback):
                            f"uses steps [{start}, {trainer.max_steps}]")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.theory_order is not None and is_sharded(self.params(pl_module)):
+            raise ConfigError("CurvatureMonitor theory_order needs whole parameter vectors: it does not run under FSDP2 "
+                              "(unset theory_order, or use strategy: ddp or one device)")
         restored = self._restored
         super().on_train_start(trainer, pl_module)
         size = batch_size(self.safety)
@@ -164,9 +171,11 @@ class CurvatureMonitor(SubspaceCallback):
         if trainer.is_global_zero:
             print(f"{type(self).__name__}: {self.subspace.how}; H g by {hvp.describe()}\n"
                   f"{type(self).__name__}: {self.diagnostics.verdict.line()}", flush=True)  # fmt: skip
-        if self.save and trainer.loggers and trainer.log_dir and trainer.is_global_zero:
-            extra = {"diagnostics": self.diagnostics.record(), "u_star": self.u_star, "eta": self.eta}
-            self.subspace.save(f"{trainer.log_dir}/curvature.pt", extra)
+        if self.save and trainer.loggers and trainer.log_dir:
+            basis = full_flat(self.subspace.basis, params)  # a collective under FSDP2: every process takes part
+            if trainer.is_global_zero:
+                extra = {"diagnostics": self.diagnostics.record(), "u_star": self.u_star, "eta": self.eta}
+                replace(self.subspace, basis=basis).save(f"{trainer.log_dir}/curvature.pt", extra)
 
     def _series(self, trainer: pl.Trainer, hvp: LossHVP) -> np.ndarray:
         """theory's GD series of the quadratic model for steps 0..max_steps (from the measured λ, S, g, H)."""

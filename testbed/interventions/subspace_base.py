@@ -6,7 +6,10 @@ estimates S as its ``SubspaceSettings`` say (``testbed.curvature.estimate_subspa
 settings estimate S once: a later one takes the earlier one's. Inner products are reduced over a ``FlatPartition``,
 so under DDP every process holds the same S. The state (S, θ*) is saved in checkpoints for an exact resume.
 
-Strategies: the callbacks read the full trainable parameters, so they run on one device or under DDP.
+Strategies: one device, DDP, and FSDP2 (``testbed.sharding.FSDP2Strategy``). Under FSDP2 each process holds the
+slices of S, θ* and every flat vector that match its parameter shards; inner products are partial sums plus an
+all-reduce, gradients come from ordinary backward passes that every process runs together, and checkpoints hold the
+whole S and θ* (gathered), sliced again on resume.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from testbed.interventions.base import require_protocol
 from testbed.interventions.flat import flatten, trainable_parameters
 from testbed.probes import map_batch, probe_mode
 from testbed.protocol import TestbedModule
+from testbed.sharding import backward_grads, full_flat, is_sharded, local_flat, local_numel
 from testbed.strategies import FULL_PARAMETERS
 
 __all__ = ["SubspaceCallback"]
@@ -39,7 +43,7 @@ class SubspaceCallback(pl.Callback):
         subspace: how S is estimated (``SubspaceSettings``: d, n, method fisher/hessian/random, ...).
     """
 
-    supported_strategies: ClassVar[frozenset[str]] = FULL_PARAMETERS
+    supported_strategies: ClassVar[frozenset[str]] = FULL_PARAMETERS | {"fsdp2"}
 
     def __init__(self, subspace: SubspaceSettings | None = None) -> None:
         super().__init__()
@@ -49,6 +53,7 @@ class SubspaceCallback(pl.Callback):
         self.safety: Any = None
         self.theta_star: Tensor | None = None
         self.shared_from: str | None = None
+        self._params: list[torch.nn.Parameter] = []
         self._restored: dict[str, Any] | None = None
 
     @property
@@ -68,15 +73,20 @@ class SubspaceCallback(pl.Callback):
     def safety_gradient(self, module: TestbedModule, batch: Any = None) -> Tensor:
         """∇u at the current weights on ``batch`` (default: the safety batch), flat [P] (eval mode, RNG isolated)."""
         params = self.params(module)
+        batch = self.safety if batch is None else batch
         with probe_mode(module, grad=True):
-            loss = safety_loss(module, self.safety if batch is None else batch)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            if is_sharded(params):  # every process runs it on the whole batch: FSDP's average is the gradient itself
+                grads = backward_grads(lambda: safety_loss(module, batch), params)
+            else:
+                grads = torch.autograd.grad(safety_loss(module, batch), params, allow_unused=True)
         return flatten(grads, params)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module = require_protocol(pl_module)
-        size = sum(p.numel() for _, p in trainable(module))
-        self.partition = FlatPartition.current(size)
+        params = [p for _, p in trainable(module)]
+        self._params = self.params(module)
+        local_size = local_numel(params) if is_sharded(params) else None
+        self.partition = FlatPartition.current(sum(p.numel() for p in params), local_size)
         if self.needs_safety_batch():
             datamodule = getattr(trainer, "datamodule", None)
             if datamodule is None or not hasattr(datamodule, "safety_batch"):
@@ -108,12 +118,16 @@ class SubspaceCallback(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         if self.subspace is None:
             return {}
-        return {"subspace": self.subspace.record(), "theta_star": self.theta_star.detach().cpu()}
+        record = self.subspace.record()  # whole vectors (gathered from the shards under FSDP2: every process calls it)
+        record["basis"] = full_flat(self.subspace.basis, self._params).detach().cpu()
+        return {"subspace": record, "theta_star": full_flat(self.theta_star, self._params).detach().cpu()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = dict(state_dict) if state_dict else None
 
     def restore(self, state: dict[str, Any], device: torch.device) -> None:
         """Put back what ``state_dict`` saved (called at the start of a resumed run)."""
-        self.subspace = Subspace.from_record(state["subspace"]).to(device)
-        self.theta_star = state["theta_star"].to(device)
+        subspace = Subspace.from_record(state["subspace"])
+        subspace.basis = local_flat(subspace.basis.to(device), self._params)
+        self.subspace = subspace.to(device)
+        self.theta_star = local_flat(state["theta_star"].to(device), self._params)

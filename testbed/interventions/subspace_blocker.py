@@ -9,7 +9,8 @@ do it), and ‖P_S δ‖ stays at round-off. Its control is the same blocker on 
 One-sided (estimated S only): only the components a_i = v_iᵀΔθ that raise the safety loss's quadratic model on S,
 u* + Σ_i (b_i c_i + ½ λ_i c_i²) with c = V δ and b = V ∇u(θ*), are removed: a_i is removed when
 (b_i + λ_i c_i) a_i + ½ λ_i a_i² > 0, and kept when it lowers the model (exact per coordinate: the model is separable
-in the eigenbasis). Under DDP every process holds the same S and the same update, so all apply the same projection.
+in the eigenbasis). Under DDP every process holds the same S and the same update, so all apply the same projection;
+under FSDP2 each process projects its slices of the update with the reduced coordinates V Δθ (one all-reduce).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from testbed.errors import ConfigError
 from testbed.interventions.flat import flatten, unflatten
 from testbed.interventions.subspace_base import SubspaceCallback
 from testbed.protocol import TestbedModule
+from testbed.sharding import local
 from testbed.step_log import log_at_step, logging_due
 from testbed.tags import CURVATURE, tag
 
@@ -83,7 +85,7 @@ class SubspaceBlocker(SubspaceCallback):
         coords = self.subspace.coords(delta, self.partition)
         removed = self.removed_coords(self._snapshot, coords) @ self.subspace.basis.to(delta.dtype)
         for p, part in zip(params, unflatten(removed, params), strict=True):
-            p.sub_(part.to(p.dtype))
+            local(p).sub_(part.to(p.dtype))
         self._snapshot = None
         size, total = self.partition.norm(removed), self.partition.norm(delta).clamp_min(1e-30)
         self._logs = {tag(CURVATURE, "update_removed_norm"): size, tag(CURVATURE, "update_removed_frac"): size / total}

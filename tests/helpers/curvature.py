@@ -14,8 +14,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from testbed.interventions import CurvatureMonitor, SubspaceBlocker
+from testbed.interventions.flat import trainable_parameters
+from testbed.sharding import full_flat
 from testbed.testing import quiet_trainer
 from toy_models.gravity import GravityMLP
 
@@ -59,17 +62,29 @@ def curvature_record(trainer: pl.Trainer, module: pl.LightningModule) -> dict[st
     monitor = next(c for c in trainer.callbacks if isinstance(c, CurvatureMonitor))
     blocker = next((c for c in trainer.callbacks if isinstance(c, SubspaceBlocker)), None)
     sub, part = monitor.subspace, monitor.partition
+    trainable = trainable_parameters(module)
+
+    def whole(flat: Tensor) -> list[float]:  # the full vector(s) from the shards under FSDP2 (a collective)
+        return full_flat(flat, trainable).double().flatten().tolist()
+
     return {
         "world_size": trainer.world_size,
-        "params": torch.cat([p.detach().double().flatten() for p in module.parameters()]).tolist(),
-        "basis": sub.basis.double().flatten().tolist(),
+        "params": torch.cat([_full(p).detach().double().flatten() for p in module.parameters()]).tolist(),
+        "basis": whole(sub.basis),
+        "scalars": sub.scalars(),
+        "diagnostic_scalars": monitor.diagnostics.scalars(),
+        "how": sub.how,
         "eigenvalues": sub.eigenvalues.double().tolist(),
         "trace": sub.trace,
         "diagnostics": list(monitor.diagnostics.numbers),
         "history": monitor.history,
         "partition": [part.start, part.stop, part.world_size],
-        "blocker_basis": None if blocker is None else blocker.subspace.basis.double().flatten().tolist(),
+        "blocker_basis": None if blocker is None else whole(blocker.subspace.basis),
     }
+
+
+def _full(tensor: Tensor) -> Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 class DumpCurvature(pl.Callback):

@@ -1,0 +1,82 @@
+"""The curvature account under FSDP2: two CPU processes (gloo, ``fully_shard``) give one process's subspace,
+diagnostics, logged ``curvature/*`` values and blocked weights.
+
+Each FSDP2 process holds half of every parameter's rows. Both run every per-example backward pass over the whole
+safety batch (ordinary backward: torch.func and double backward do not run on sharded modules) and keep their slices
+of the gradients; the Gram matrix, projections and norms are partial sums plus an all-reduce; H g is a finite
+difference of gradients (the single process is told to use the same, so the numbers compare), the first fine-tune
+gradient being averaged over the processes' halves of the batch by FSDP's reduce-scatter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers.compare import assert_nested_close
+from tests.helpers.gravity_runs import finetune_config, run_testbed, write_direction
+
+FSDP2 = {"class_path": "testbed.sharding.FSDP2Strategy"}
+
+
+def _callbacks(out: Path, hvp: str, method: str) -> list[dict]:
+    subspace = {"d": 6, "hvp": hvp, "method": method}
+    return [
+        {"class_path": "testbed.interventions.CurvatureMonitor",
+         "init_args": {"subspace": subspace, "every_n_steps": 1, "fit_window": [1, 3]}},
+        {"class_path": "testbed.interventions.SubspaceBlocker", "init_args": {"subspace": subspace}},
+        {"class_path": "tests.helpers.curvature.DumpCurvature", "init_args": {"out": str(out)}},
+    ]  # fmt: skip
+
+
+def _compare(tmp_path: Path, run_cli, method: str) -> None:
+    from testbed.curvature import principal_angles
+
+    direction = write_direction(tmp_path / "vrev.pt")
+    data = {"n_train": 32, "safety_size": 24}
+    single = finetune_config(tmp_path / "single.yaml", direction, max_steps=3, data={**data, "batch_size": 32},
+                             callbacks=_callbacks(tmp_path / "single", "finite_difference", method))  # fmt: skip
+    assert run_cli(["fit", "--config", str(single)]) == 0
+    sharded = finetune_config(tmp_path / "fsdp.yaml", direction, max_steps=3, data={**data, "batch_size": 16},
+                              callbacks=_callbacks(tmp_path / "fsdp", "auto", method),
+                              trainer={"devices": 2, "strategy": FSDP2})  # fmt: skip
+    result = run_testbed(["fit", "--config", str(sharded)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "H g by finite differences of gradients (double backward unsupported: FSDP2-sharded parameters)" in \
+        result.stdout  # fmt: skip
+
+    one = json.loads((tmp_path / "single" / "rank0.json").read_text())
+    assert one["world_size"] == 1 and len(one["history"]) == 3
+    assert max(r["curvature/disp_in_S"] for r in one["history"]) < 1e-5  # blocked: no motion in S
+    basis = torch.tensor(one["basis"]).view(6, -1)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / "fsdp" / f"rank{rank}.json").read_text())
+        assert got["world_size"] == 2 and got["partition"][2] == 2
+        if method == "fisher":
+            assert "not vmap: torch.func does not run on FSDP2-sharded parameters" in got["how"]
+        angles = principal_angles(basis, torch.tensor(got["basis"]).view(6, -1))
+        assert float(angles.max()) < 1e-5, angles
+        assert_nested_close(one["eigenvalues"], got["eigenvalues"], f"rank{rank}.eigenvalues", rtol=1e-5, atol=0)
+        for key in ("scalars", "diagnostics", "diagnostic_scalars", "params", "history"):
+            assert_nested_close(one[key], got[key], f"rank{rank}.{key}", rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def single_threaded():
+    """The in-process run on one thread, as each subprocess is (the same float summation order)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_fsdp2_two_processes_give_the_single_process_curvature_account(tmp_path: Path, run_cli, single_threaded):
+    _compare(tmp_path, run_cli, "fisher")
+
+
+@pytest.mark.slow
+def test_fsdp2_hessian_subspace_matches_one_process(tmp_path: Path, run_cli, single_threaded):
+    _compare(tmp_path, run_cli, "hessian")
