@@ -8,8 +8,9 @@ examples at a time.
 A model whose forward has data-dependent control flow makes ``vmap`` raise; then a plain loop takes one backward pass
 per example. Sharded parameters (FSDP2) always take the loop, each pass an ordinary ``backward`` (torch.func does
 not run on ``fully_shard``-ed modules): every process runs the same passes over the whole batch and keeps the local
-slices of the gradients, so G holds [N, P_local] columns on each process. Which one ran (and why not ``vmap``) is returned with G. Every pass runs in probe mode (eval mode, RNG
-isolated, so training is unchanged) inside the module's ``curvature_mode()``.
+slices of the gradients, so G holds [N, P_local] columns on each process. Which one ran (and why not ``vmap``) is
+returned with G. Every pass runs in probe mode (eval mode, RNG isolated, so training is unchanged) inside the module's
+``curvature_mode()``.
 
 Memory: G holds N × P numbers in the working precision (4 bytes each for float32 models), e.g. 64 × 0.87 M
 parameters = 0.22 GB; it grows linearly in both N and P.

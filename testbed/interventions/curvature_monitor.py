@@ -130,8 +130,8 @@ class CurvatureMonitor(SubspaceCallback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.theory_order is not None and is_sharded(self.params(pl_module)):
-            raise ConfigError("CurvatureMonitor theory_order needs whole parameter vectors: it does not run under FSDP2 "
-                              "(unset theory_order, or use strategy: ddp or one device)")
+            raise ConfigError("CurvatureMonitor theory_order needs whole parameter vectors: it does not run under "
+                              "FSDP2 (unset theory_order, or use strategy: ddp or one device)")
         restored = self._restored
         super().on_train_start(trainer, pl_module)
         size = batch_size(self.safety)
