@@ -7,6 +7,9 @@ loses the end of its response; a prompt too long for even one response token (or
 for ``max_length``) loses the end of its own text, so the template around it stays whole. The number truncated is
 logged once per set. With ``overlong: refuse`` the first over-long row is a ``ConfigError`` naming file and row.
 ``max_length`` is also capped at the model's context by ``CausalLMModule.setup``.
+
+``safety`` is the curvature account's safety set (instruction rows, prompt + response, in any instruction format):
+``safety_batch()`` encodes it as a training batch, with the same length rule as the training data.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from testbed.llm.formats import DataSource, SourceRow, read_rows
 from testbed.llm.tokenizer import load_tokenizer
 from testbed.llm.world import Example
 
-__all__ = ["DatasetDataModule", "fit_prompt"]
+__all__ = ["DatasetDataModule", "fit_prompt", "INSTRUCTION_SETS"]
+
+INSTRUCTION_SETS = ("train", "val", "safety")  # the sources read as prompt + response rows
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -63,17 +68,21 @@ class DatasetDataModule(InstructionDataModule):
         overlong: ``truncate`` (counted and logged) or ``refuse`` (an error naming the row) for longer ones.
         prompt_format: used when the tokenizer has no chat template; ``{prompt}`` is replaced.
         probe_size: number of probe prompts (at most the available ones).
+        safety: the curvature account's safety set, instruction rows (prompt + response, e.g. refusals of harmful
+            prompts and answers to benign ones) read by ``safety_batch()``; optional.
     """
 
     def __init__(self, train: DataSource, val: DataSource | None = None, harmful: DataSource | None = None,
                  benign: DataSource | None = None, probe: DataSource | None = None, tokenizer_path: str | None = None,
                  batch_size: int = 8, max_length: int = 512, overlong: Literal["truncate", "refuse"] = "truncate",
-                 prompt_format: str = "{prompt}", probe_size: int = 32) -> None:  # fmt: skip
+                 prompt_format: str = "{prompt}", probe_size: int = 32,
+                 safety: DataSource | None = None) -> None:  # fmt: skip
         super().__init__(batch_size=batch_size, max_length=max_length, prompt_format=prompt_format,
                          probe_size=probe_size)  # fmt: skip
         self.overlong = one_of("overlong", overlong, ("truncate", "refuse"))
         self.sources = {name: as_settings(DataSource, value, f"data.{name}") for name, value in
-                        {"train": train, "val": val, "harmful": harmful, "benign": benign, "probe": probe}.items()}
+                        {"train": train, "val": val, "harmful": harmful, "benign": benign, "probe": probe,
+                         "safety": safety}.items()}  # fmt: skip
         if self.sources["train"] is None:
             raise ConfigError("data.train must name a DataSource")
         self.tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else world_tokenizer()
@@ -82,9 +91,9 @@ class DatasetDataModule(InstructionDataModule):
     def prepare_examples(self) -> None:
         for name, source in self.sources.items():
             if source is not None:
-                self.rows[name] = read_rows(source, want_response=name in ("train", "val"))
-        self.train_examples = [Example(r.prompt, r.response, r.category) for r in self.rows["train"]]
-        self.val_examples = [Example(r.prompt, r.response, r.category) for r in self.rows.get("val", [])]
+                self.rows[name] = read_rows(source, want_response=name in INSTRUCTION_SETS)
+        self.train_examples, self.val_examples, self.safety_examples = (
+            [Example(r.prompt, r.response, r.category) for r in self.rows.get(name, [])] for name in INSTRUCTION_SETS)
         self.harmful_prompts = [r.prompt for r in self.rows.get("harmful", [])]
         self.benign_prompts = [r.prompt for r in self.rows.get("benign", [])]
         probes = self.rows.get("probe") or self.rows.get("harmful") or self.rows["train"]
@@ -123,7 +132,8 @@ class DatasetDataModule(InstructionDataModule):
         return fitted
 
     def _encode(self, examples: Sequence[Example]) -> list[tuple[list[int], int]]:
-        name = "train" if examples is self.train_examples else "val"
+        named = zip(INSTRUCTION_SETS, (self.train_examples, self.val_examples, self.safety_examples), strict=True)
+        name = next((n for n, ex in named if ex is examples), "val")
         items, cut = [], 0
         eos = [self.tokenizer.eos_token_id]
         for i, example in enumerate(examples):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from testbed.errors import ConfigError
@@ -66,6 +67,24 @@ def test_datamodule_from_presets_matches_the_jsonl_datamodule(fixtures: dict) ->
     assert presets.judge_prompts() == plain.judge_prompts()
     assert presets.probe_batch()["input_ids"].tolist() == plain.probe_batch()["input_ids"].tolist()
     assert next(iter(presets.train_dataloader()))["input_ids"].shape[0] == 3
+
+
+def test_safety_source_gives_the_jsonl_safety_batch(fixtures: dict, tmp_path: Path) -> None:
+    """The curvature account's safety set from a preset reads as JsonlDataModule(safety_path=...) does; the same
+    length rule as training applies to it."""
+    presets = DatasetDataModule(train={"path": str(fixtures["alpaca_json"]), "format": "alpaca"},
+                                safety={"path": str(fixtures["alpaca_json"]), "format": "alpaca"}, max_length=64)
+    plain = JsonlDataModule(train_path=str(fixtures["examples"]), safety_path=str(fixtures["examples"]),
+                            max_length=64)  # fmt: skip
+    got, expected = presets.safety_batch(), plain.safety_batch()
+    assert got.keys() == expected.keys() and got["input_ids"].shape[0] == 3
+    assert all(torch.equal(got[k], expected[k]) for k in got)
+    with pytest.raises(ConfigError, match="has no safety examples"):
+        DatasetDataModule(train={"path": str(fixtures["alpaca_json"]), "format": "alpaca"}).safety_batch()
+    refusing = DatasetDataModule(train=_long_rows(tmp_path), safety=_long_rows(tmp_path), max_length=16,
+                                 overlong="refuse")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"long\.jsonl.*row 2: longer than max_length=16"):
+        refusing.safety_batch()
 
 
 def _long_rows(tmp_path: Path) -> DataSource:
