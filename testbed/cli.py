@@ -99,7 +99,7 @@ class TestbedCLI(LightningCLI):
         # A model that can estimate its memory (the causal LM) says so before training, at the chosen precision.
         describe = getattr(self.model, "describe_memory", None)
         if callable(describe):
-            rank_zero_info(describe(str(self.trainer.precision), self.datamodule))
+            rank_zero_info(describe(str(self.trainer.precision), self.datamodule, self.trainer.callbacks))
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # A config file that is not valid YAML: name the file (jsonargparse's message does not).

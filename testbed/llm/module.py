@@ -19,8 +19,9 @@ flow). ``curvature_mode`` switches attention to the eager kernels, which have a 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -28,7 +29,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from testbed.errors import CheckpointError, ConfigError, as_settings
-from testbed.llm.memory import MemoryEstimate, estimate_memory
+from testbed.llm.memory import MemoryEstimate, estimate_memory, per_example_gradient_bytes
 from testbed.llm.models import (
     IGNORE_INDEX,
     LoraSettings,
@@ -268,13 +269,18 @@ class CausalLMModule(TestbedModule):
             gradient_checkpointing=self.gradient_checkpointing,
         )  # fmt: skip
 
-    def describe_memory(self, precision: str, datamodule: Any = None) -> str:
+    def describe_memory(self, precision: str, datamodule: Any = None, callbacks: Sequence[Any] = ()) -> str:
         """The memory estimate at ``precision`` (a Lightning precision string) and the datamodule's batch size and
-        ``max_length`` (capped at the model's context)."""
+        ``max_length`` (capped at the model's context), with the per-example gradients of a Fisher subspace estimate
+        among ``callbacks`` (the trainer's)."""
         batch = int(getattr(datamodule, "batch_size", 1) or 1)
         context = context_length(self.model)
         seq = int(getattr(datamodule, "max_length", 0) or context or 512)
-        return self.memory_estimate(batch, min(seq, context or seq), precision).describe()
+        estimate = self.memory_estimate(batch, min(seq, context or seq), precision)
+        trained = [p for _, p in self.trainable_parameters()]
+        g = per_example_gradient_bytes(callbacks, sum(p.numel() for p in trained), datamodule,
+                                       any(p.dtype == torch.float64 for p in trained))  # fmt: skip
+        return replace(estimate, per_example_gradients=g).describe()
 
 
 def additive_causal_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
