@@ -77,6 +77,8 @@ def _interventions() -> dict[str, object]:
         "penalty": iv.RepresentationPenalty("v.pt"),
         "clamp_shift": iv.ActivationClamp("v.pt", mode="shift"),
         "anchor": iv.L2Anchor(),
+        "curvature_monitor": iv.CurvatureMonitor(),
+        "subspace_blocker": iv.SubspaceBlocker(),
     }
 
 
@@ -92,7 +94,7 @@ def test_fsdp2_runs_the_shard_aware_interventions_and_refuses_the_rest(name: str
     assert strategy_family(strategy) == "fsdp2"
     callback = _interventions()[name]
     trainer = SimpleNamespace(strategy=strategy, callbacks=[callback])
-    if name in ("monitor", "update", "clamp_each"):
+    if name in ("monitor", "update", "clamp_each", "curvature_monitor", "subspace_blocker"):
         check_strategy(trainer)
         return
     instead = "one device" if name == "clamp_shift" else "strategy: ddp or one device"
