@@ -8,8 +8,8 @@ gradients or optimizer state are sharded or owned by the engine). A callback sta
 its ``supported_strategies`` (a class attribute, or a property when a setting matters, as for the activation clamp's
 ``shift`` mode); callbacks that state nothing are not policed. Interventions that read or edit full parameters, their
 gradients or their updates declare ``FULL_PARAMETERS`` (plus ``fsdp2`` where their algebra is shard-aware, as for the
-update projection and the curvature callbacks); forward-only ones ``ALL_FAMILIES``. Strategies outside the families accept only callbacks correct
-everywhere. A refusal names the strategies that would run every refused callback.
+update projection and the curvature callbacks); forward-only ones ``ALL_FAMILIES``. Strategies outside the families
+accept only callbacks correct everywhere. A refusal names the strategies that would run every refused callback.
 """
 
 from __future__ import annotations

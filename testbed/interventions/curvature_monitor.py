@@ -47,7 +47,7 @@ from testbed.curvature.per_example import rows
 from testbed.errors import ConfigError, as_settings, one_of, positive_int
 from testbed.interventions.subspace_base import SubspaceCallback
 from testbed.probes import batch_size, probe_mode
-from testbed.sharding import full_flat, is_sharded
+from testbed.sharding import full_flat, is_sharded, local_flat
 from testbed.step_log import log_at_step
 from testbed.tags import CURVATURE, tag
 from theory.fit import RunningLogLogFit
@@ -272,14 +272,14 @@ class CurvatureMonitor(SubspaceCallback):
             return state
         diag = self.diagnostics
         state.update({"u_star": self.u_star, "eta": self.eta, "fit": self.fit.state_dict(), "history": self.history,
-                      "safety_grad": self.safety_grad.detach().cpu(),
+                      "safety_grad": full_flat(self.safety_grad, self._params).detach().cpu(),
                       "last_step": self._last_step, "series": None if self.series is None else self.series.tolist(),
                       "diagnostics": None if diag is None else (list(diag.numbers), diag.hvp)})  # fmt: skip
         return state
 
     def _restore_monitor(self, state: dict[str, Any]) -> None:
         self.u_star, self.eta = float(state["u_star"]), float(state["eta"])
-        self.safety_grad = state["safety_grad"].to(self.theta_star.device)
+        self.safety_grad = local_flat(state["safety_grad"].to(self.theta_star.device), self._params)
         self.fit.load_state_dict(state["fit"])
         self.history, self._last_step = list(state["history"]), int(state["last_step"])
         self.series = None if state["series"] is None else np.asarray(state["series"])

@@ -97,3 +97,30 @@ def test_fsdp2_hessian_subspace_matches_one_process(tmp_path: Path, run_cli, sin
     Hutchinson vectors are drawn whole and sliced, so both runs use the same ones. The log-log slope of Δu over steps
     1-3 divides those differences by log(3), a small number: 1e-3."""
     _compare(tmp_path, run_cli, "hessian", 1, tol=1e-4, slope_tol=1e-3)
+
+
+@pytest.mark.slow
+def test_fsdp2_resume_restores_the_whole_subspace_from_the_checkpoint(tmp_path: Path):
+    """Checkpoints hold the whole S and θ* (gathered from the shards); a resumed FSDP2 run slices them again and
+    continues to the uninterrupted run's numbers."""
+    direction = write_direction(tmp_path / "vrev.pt")
+    data = {"n_train": 32, "safety_size": 24, "batch_size": 16}
+    trainer = {"devices": 2, "strategy": FSDP2}
+
+    def config(name: str, steps: int, extra: list[dict]) -> Path:
+        return finetune_config(tmp_path / f"{name}.yaml", direction, max_steps=steps, data=data,
+                               callbacks=[*_callbacks(tmp_path / name, "auto", "fisher", 6), *extra],
+                               trainer={**trainer, "enable_checkpointing": bool(extra)})  # fmt: skip
+
+    rng = {"class_path": "testbed.checkpoint_io.ResumableRng"}
+    ckpt = {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+            "init_args": {"dirpath": str(tmp_path / "ckpt"), "every_n_train_steps": 2, "save_top_k": -1}}  # fmt: skip
+    for name, steps, extra in (("whole", 4, []), ("first", 2, [ckpt, rng]), ("resumed", 4, [ckpt, rng])):
+        resume = ["--ckpt_path", str(next((tmp_path / "ckpt").glob("*step=2.ckpt")))] if name == "resumed" else []
+        result = run_testbed(["fit", "--config", str(config(name, steps, extra)), *resume], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    whole = json.loads((tmp_path / "whole" / "rank0.json").read_text())
+    for rank in (0, 1):
+        got = json.loads((tmp_path / "resumed" / f"rank{rank}.json").read_text())
+        for key in ("basis", "eigenvalues", "diagnostics", "params", "history"):
+            assert_nested_close(whole[key], got[key], f"rank{rank}.{key}", rtol=1e-5, atol=1e-6)
