@@ -49,6 +49,7 @@ from testbed.interventions.subspace_base import SubspaceCallback
 from testbed.probes import batch_size, probe_mode
 from testbed.sharding import full_flat, is_sharded, local_flat
 from testbed.step_log import log_at_step
+from testbed.strategies import FULL_PARAMETERS
 from testbed.tags import CURVATURE, tag
 from theory.fit import RunningLogLogFit
 from theory.quartic import leading_law, leading_law_gd, predict_alignment_loss_gd
@@ -117,6 +118,11 @@ class CurvatureMonitor(SubspaceCallback):
         self._snapshot: torch.Tensor | None = None
         self._last_step = -1
 
+    @property
+    def supported_strategies(self) -> frozenset[str]:  # type: ignore[override]
+        """Theory's series works on whole vectors: with ``theory_order`` set, not under FSDP2."""
+        return FULL_PARAMETERS if self.theory_order is not None else FULL_PARAMETERS | {"fsdp2"}
+
     # ---- set-up ---------------------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or trainer.max_steps <= 0:
@@ -129,9 +135,9 @@ class CurvatureMonitor(SubspaceCallback):
                            f"uses steps [{start}, {trainer.max_steps}]")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.theory_order is not None and is_sharded(self.params(pl_module)):
-            raise ConfigError("CurvatureMonitor theory_order needs whole parameter vectors: it does not run under "
-                              "FSDP2 (unset theory_order, or use strategy: ddp or one device)")
+        if self.theory_order is not None and is_sharded(self.params(pl_module)):  # a strategy outside the families
+            raise ConfigError("CurvatureMonitor theory_order needs whole parameter vectors: it does not run on sharded "
+                              "parameters (unset theory_order, or use strategy: ddp or one device)")
         restored = self._restored
         super().on_train_start(trainer, pl_module)
         size = batch_size(self.safety)

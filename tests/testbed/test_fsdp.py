@@ -79,6 +79,7 @@ def _interventions() -> dict[str, object]:
         "anchor": iv.L2Anchor(),
         "curvature_monitor": iv.CurvatureMonitor(),
         "subspace_blocker": iv.SubspaceBlocker(),
+        "curvature_series": iv.CurvatureMonitor(theory_order=2),
     }
 
 
