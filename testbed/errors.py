@@ -18,9 +18,12 @@ __all__ = [
     "positive_int",
     "positive_number",
     "fraction",
+    "SEED_MAX",
+    "seed_value",
     "one_of",
     "one_line",
     "testbed_cause",
+    "environment_problem",
     "as_settings",
 ]
 
@@ -42,13 +45,16 @@ def _is_number(value: object) -> bool:
 
 
 def positive_int(name: str, value: object, allow_none: bool = False, allow_zero: bool = False) -> int | None:
-    """``value`` as an int if it is a positive integer (or 0 / ``None`` when allowed), else a ``ConfigError``."""
+    """``value`` as an int if it is a positive integer (or 0 / ``None`` when allowed) that fits in 64 bits (counts
+    and sizes reach ``range``, ``islice`` and tensor shapes), else a ``ConfigError``."""
     if value is None and allow_none:
         return None
     ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value >= 1)
     if not ok:
         what = "a non-negative integer" if allow_zero else "a positive integer"
         raise ConfigError(f"{name} must be {what}{' or null' if allow_none else ''}, got {value!r}")
+    if value > INT_MAX:  # type: ignore[operator]
+        raise ConfigError(f"{name} must be at most {INT_MAX}, got {value!r}")
     return int(value)  # type: ignore[arg-type]
 
 
@@ -72,6 +78,17 @@ def fraction(name: str, value: object, open_low: bool = False, open_high: bool =
         interval = f"{'(' if open_low else '['}0, 1{')' if open_high else ']'}"
         raise ConfigError(f"{name} must lie in {interval}, got {value!r}")
     return float(value)  # type: ignore[arg-type]
+
+
+INT_MAX = 2**63 - 1
+SEED_MAX = 2**32 - 1  # numpy's seed range, which ``seed_everything`` enforces
+
+
+def seed_value(name: str, value: object) -> int:
+    """``value`` as an int if it is an integer seed in 0 … 2³² − 1, else a ``ConfigError``."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX):
+        raise ConfigError(f"{name} must be an integer seed in 0 … {SEED_MAX}, got {value!r}")
+    return int(value)
 
 
 def one_of(name: str, value: Any, choices: Iterable[Any]) -> Any:
@@ -105,6 +122,26 @@ def testbed_cause(exc: BaseException | None) -> TestbedError | None:
         if isinstance(exc, TestbedError):
             return exc
         seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def environment_problem(exc: BaseException | None) -> str | None:
+    """One line when ``exc`` (or an exception in its cause chain) is the environment refusing what the input asks
+    for: a file or folder that cannot be read or written (``OSError``), text that is not UTF-8, or a size too large
+    to allocate; else ``None`` (a bug, which keeps its traceback)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, UnicodeDecodeError):
+            return f"an input file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        if isinstance(exc, OSError):
+            where = " ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+            return f"{exc.strerror or one_line(exc)}{': ' + where if where else ''}"
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+            isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+        ):
+            return f"out of memory: {one_line(exc, 1)} (a size setting too large for this machine?)"
         exc = exc.__cause__ or exc.__context__
     return None
 

@@ -50,6 +50,8 @@ def load_tokenizer(path: str) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"tokenizer {path} has no end-of-sequence token (responses are trained to end with one)")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -104,7 +106,11 @@ def read_jsonl(path: str | Path, fields: Sequence[str]) -> list[dict[str, str]]:
         raise ConfigError(f"JSONL file not found: {path}")
     rows = []
     with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+        try:
+            numbered = list(enumerate(fh, start=1))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} near byte {exc.start})") from None
+        for lineno, line in numbered:
             if not line.strip():
                 continue
             try:

@@ -25,6 +25,7 @@ __all__ = [
     "decoder_layers",
     "apply_lora",
     "position_ids",
+    "check_fits_context",
     "lm_forward",
 ]
 
@@ -55,9 +56,9 @@ def build_model(kind: str, vocab_size: int, overrides: dict[str, Any] | None = N
     config_cls = GPT2Config if kind == "gpt2" else LlamaConfig
     try:
         config = config_cls(**fields)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid model_config for {kind}: {exc}") from None
-    return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config)
+    except Exception as exc:  # TypeError/ValueError, huggingface_hub's strict-dataclass errors, negative sizes
+        raise ConfigError(f"invalid model_config for {kind}: {' '.join(str(exc).split())[:300]}") from None
 
 
 def load_pretrained(path: str) -> PreTrainedModel:
@@ -137,8 +138,18 @@ def position_ids(attention_mask: Tensor | None) -> Tensor | None:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def check_fits_context(model: nn.Module, n_tokens: int) -> None:
+    """Refuse ``n_tokens`` positions beyond the model's context (``n_positions``/``max_position_embeddings``)."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and n_tokens > limit:
+        raise ConfigError(f"inputs of {n_tokens} tokens exceed the model's context of {limit} positions; "
+                          "shorten the prompts or lower max_length / max_new_tokens")
+
+
 def lm_forward(model: nn.Module, batch: dict[str, Tensor]) -> Any:
-    """Forward pass of ``model`` on a batch dict, with padding-aware position ids."""
+    """Forward pass of ``model`` on a batch dict, with padding-aware position ids (inputs must fit the context)."""
+    check_fits_context(model, batch["input_ids"].shape[-1])
     mask = batch.get("attention_mask")
     return model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids(mask))
 
