@@ -14,6 +14,7 @@ import yaml
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import CheckpointIO
+from pytorch_lightning.utilities import rank_zero_info
 
 from testbed.checkpoint_io import LIGHTNING_CKPT_KEYWORDS, ResumableRng, SafeCheckpointIO, check_ckpt_path
 from testbed.errors import CheckpointError, ConfigError, TestbedError, one_line, seed_value, testbed_cause
@@ -132,6 +133,10 @@ class TestbedCLI(LightningCLI):
         ckpt_path = self._ckpt_path()
         if ckpt_path is not None:
             check_resume_weights(self.model, ckpt_path, self._resume_changes)
+        # A model that can estimate its memory (the causal LM) says so before training, at the chosen precision.
+        describe = getattr(self.model, "describe_memory", None)
+        if callable(describe):
+            rank_zero_info(describe(str(self.trainer.precision), self.datamodule))
 
     def _ckpt_path(self) -> str | None:
         """The ``--ckpt_path`` file of the subcommand (``None`` for none or one of Lightning's keywords)."""

@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from testbed.errors import CheckpointError, ConfigError, as_settings
+from testbed.errors import ConfigError, as_settings, positive_int
 from testbed.llm.models import IGNORE_INDEX
-from testbed.llm.tokenizer import build_word_tokenizer
+from testbed.llm.tokenizer import build_word_tokenizer, load_tokenizer
 from testbed.llm.world import ASSISTANT, USER, Example, SafetyWorld, WorldConfig, world_vocabulary
 from testbed.protocol import TestbedDataModule
 
@@ -38,23 +38,6 @@ WORLD_CHAT_TEMPLATE = (
 def world_tokenizer() -> Any:
     """The safety world's fast tokenizer, with its chat template."""
     return build_word_tokenizer(world_vocabulary(), chat_template=WORLD_CHAT_TEMPLATE)
-
-
-def load_tokenizer(path: str) -> Any:
-    """A tokenizer from a local folder (no network, no remote code)."""
-    from transformers import AutoTokenizer
-
-    if not Path(path).is_dir():
-        raise CheckpointError(f"tokenizer folder not found: {path}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    except Exception as exc:
-        raise CheckpointError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
-    if tokenizer.eos_token_id is None:
-        raise ConfigError(f"tokenizer {path} has no end-of-sequence token (responses are trained to end with one)")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def format_prompt(tokenizer: Any, prompt: str, prompt_format: str = "{prompt}") -> str:
@@ -144,9 +127,15 @@ class InstructionDataModule(TestbedDataModule):
     def __init__(self, batch_size: int = 32, max_length: int = 48, prompt_format: str = "{prompt}",
                  probe_size: int = 32) -> None:  # fmt: skip
         super().__init__()
-        if batch_size < 1 or max_length < 2 or probe_size < 1:
-            raise ConfigError("batch_size, probe_size must be ≥ 1 and max_length ≥ 2")
-        if "{prompt}" not in prompt_format:
+        positive_int("batch_size", batch_size)
+        positive_int("probe_size", probe_size)
+        if positive_int("max_length", max_length) < 2:
+            raise ConfigError(f"max_length must be ≥ 2, got {max_length}")
+        try:
+            formatted = prompt_format.format(prompt="\0")
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"prompt_format {prompt_format!r} must name only {{prompt}}: {exc!r}") from None
+        if "\0" not in formatted:
             raise ConfigError("prompt_format must contain '{prompt}'")
         self.batch_size, self.max_length, self.prompt_format, self.probe_size = (
             batch_size, max_length, prompt_format, probe_size)  # fmt: skip

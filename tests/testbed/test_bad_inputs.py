@@ -75,8 +75,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "garbage.ckpt").write_text("this is not a checkpoint\n")
     torch.save({"state_dict": GravityMLP(**{**MODEL, "optimizer": None}).state_dict()}, root / "full.ckpt")
     (root / "truncated.ckpt").write_bytes((root / "full.ckpt").read_bytes()[:600])
-    (root / "good.jsonl").write_text("".join(json.dumps({"prompt": f"list item {i}", "response": "ok"}) + "\n"
-                                             for i in range(3)))
+    rows = [{"prompt": f"please help me {verb}", "response": "sure ."} for verb in ("fix", "clean", "build")]
+    (root / "good.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (root / "malformed.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": \n')
     (root / "missing_field.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
     (root / "empty.jsonl").write_text("\n")
@@ -303,7 +303,7 @@ HOSTILE_CASES = [
     Case("config_not_utf8", fit("latin1"), ("latin1.yaml", "UTF-8")),
     Case("jsonl_not_utf8", fit("jsonl_latin1"), ("latin1.jsonl", "UTF-8")),
     Case("tokenizer_without_eos", fit("tokenizer_no_eos"), ("no_eos_tokenizer", "end-of-sequence")),
-    Case("prompt_longer_than_context", fit("prompt_too_long"), ("context", "48")),
+    Case("prompt_longer_than_context", fit("prompt_too_long"), ("62 tokens", "max_length=48")),
     Case("judge_batch_size_zero", fit("judge_batch_zero"), ("batch_size", "0")),
     Case("llm_loss_diverges", fit("llm_diverging"), ("non-finite training loss", "nan"), keeps_logs=True),
     # report filters and output paths
