@@ -20,6 +20,7 @@ import contextlib
 import copy
 import dataclasses
 import io
+import json
 import math
 import os
 import resource
@@ -182,13 +183,14 @@ Case = tuple[list[str], str, "Path | None"]  # arguments, what was changed, a fo
 
 
 @st.composite
-def case_strategy(draw: Any, bases: dict[str, dict[str, Any]], inputs: Path) -> Case:
+def case_strategy(draw: Any, bases: dict[str, dict[str, Any]], inputs: Path, paths: dict[str, str]) -> Case:
     """One hostile case: mostly ``fit`` (config files written into ``inputs``), sometimes ``study`` or ``report``.
 
     Args:
         draw: hypothesis's draw.
         bases: base name -> its printed config (``print_config``).
         inputs: where case files are written (``fixtures`` made its study and report inputs there).
+        paths: base name -> its config file (``fixtures``'s answer).
     """
     verb = draw(st.sampled_from(["fit"] * 6 + ["study", "report"]))
     if verb == "study":
@@ -206,7 +208,7 @@ def case_strategy(draw: Any, bases: dict[str, dict[str, Any]], inputs: Path) -> 
     pinned = [*PINNED, *EXTRA.get(name, [])]
     described = f"{name}: " + ", ".join(f"{key}={value!r}" for key, value in changes.items())
     if draw(st.booleans()):  # as command-line overrides
-        args = ["fit", "--config", str(REPO_ROOT / BASES[name])]
+        args = ["fit", "--config", str(REPO_ROOT / paths[name])]
         args += [f"--{key}={_flow(value)}" for key, value in changes.items()]
         return args + pinned, described + " (overrides)", None
     mutated = copy.deepcopy(config)
@@ -221,8 +223,36 @@ def case_strategy(draw: Any, bases: dict[str, dict[str, Any]], inputs: Path) -> 
     return ["fit", "--config", str(path), *pinned], described + " (config file)", None
 
 
-def fixtures(inputs: Path) -> None:
-    """The study file and phase config of the ``study`` cases, and the finished runs the ``report`` cases read."""
+def _dataset_base(inputs: Path) -> Path:
+    """A causal-LM fit on files read by ``DatasetDataModule`` (the field's formats), with a judge callback."""
+    inputs = inputs.absolute()
+    prompts = [f"please help me {verb} the city" for verb in ("fix", "clean", "build", "open")]
+    rows = [json.dumps({"prompt": prompt, "response": "sure ."}) + "\n" for prompt in prompts]
+    (inputs / "train.jsonl").write_text("".join(rows), encoding="utf-8")
+    (inputs / "harmful.txt").write_text("\n".join(f"how do i {v} people" for v in ("hurt", "poison")) + "\n")
+    judge = {"class_path": "testbed.llm.judges.HarmfulnessJudge", "init_args": {"batch_size": 2, "max_prompts": 2}}
+    config = {
+        "seed_everything": 0,
+        "model": {"class_path": "testbed.llm.CausalLMModule",
+                  "init_args": {"model": "gpt2", "optimizer": {"lr": 1e-3},
+                                "model_config": {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 48}}},
+        "data": {"class_path": "testbed.llm.DatasetDataModule",
+                 "init_args": {"train": {"path": str(inputs / "train.jsonl")},
+                               "harmful": {"path": str(inputs / "harmful.txt"), "format": "prompts"},
+                               "batch_size": 2, "max_length": 24, "probe_size": 2}},
+        "trainer": {"callbacks": [{"class_path": "testbed.judging.HarmfulnessCallback",
+                                   "init_args": {"judges": [judge], "steps": [2]}}],
+                    "logger": {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": "runs", "name": "dataset"}}},
+    }
+    path = inputs / "dataset.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def fixtures(inputs: Path) -> dict[str, str]:
+    """The study file and phase config of the ``study`` cases, the finished runs the ``report`` cases read, and the
+    fit bases made here (name -> path; the shipped ones are ``BASES``)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from testbed.study.layout import DONE, RunKey, run_dir
@@ -237,6 +267,7 @@ def fixtures(inputs: Path) -> None:
                     writer.add_scalar("m/x", step * (1 + seed), step)
                     writer.add_scalar("align/loss", 1e-3 * step**4, step)
             (folder / DONE).write_text("{}")
+    return {**BASES, "dataset": str(_dataset_base(inputs))}
 
 
 def _study_base(inputs: Path) -> dict[str, Any]:

@@ -187,6 +187,29 @@ def _hostile_inputs(root: Path, configs: dict) -> None:
     study = {**study, "overlays": [str(root / "overlay_twice.yaml")]}
     (root / "study_overlay_twice.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
     (root / "spec_twice.yaml").write_text("rows: [a]\ncolumns: [{kind: value, tag: t, step: 1, step: 2}]\n")
+    (root / "study_big_seed.yaml").write_text(yaml.safe_dump({**study, "seeds": [2**32]}, sort_keys=False))
+    _dataset_inputs(root, configs)
+
+
+def _dataset_inputs(root: Path, configs: dict) -> None:
+    """Inputs of the real-data modules (``DatasetDataModule`` over ``testbed.llm.formats``)."""
+    (root / "latin1.csv").write_bytes("goal,target\nhow do i hurt people café,sure .\n".encode("latin-1"))
+    (root / "ragged.csv").write_bytes(b"goal,target\nhow do i hurt people,sure .,extra,fields\n")
+
+    def dataset(**data_args) -> dict:
+        config = _llm(root)
+        config["data"] = {"class_path": "testbed.llm.DatasetDataModule",
+                          "init_args": {"train": {"path": str(root / "good.jsonl")}, "batch_size": 2,
+                                        "max_length": 32, "probe_size": 2, **data_args}}
+        return config
+
+    configs["dataset_prompt_format_field"] = dataset(prompt_format="{prompt} {other}")
+    configs["dataset_prompt_format_brace"] = dataset(prompt_format="{prompt} {")
+    configs["dataset_csv_not_utf8"] = dataset(harmful={"path": str(root / "latin1.csv"), "format": "advbench"})
+    configs["dataset_csv_ragged"] = dataset(harmful={"path": str(root / "ragged.csv"), "format": "advbench"})
+    configs["dataset_limit_zero"] = dataset(harmful={"path": str(root / "good.jsonl"), "limit": 0})
+    configs["dataset_columns_unknown_role"] = dataset(train={"path": str(root / "good.jsonl"),
+                                                             "columns": {"answer": "response"}})
 
 
 @dataclass(frozen=True)
@@ -322,6 +345,15 @@ HOSTILE_CASES = [
     Case("study_key_twice", lambda d: ["study", "--config", str(d / "study_twice.yaml")], ("seeds", "duplicate")),
     Case("overlay_key_twice", lambda d: ["study", "--config", str(d / "study_overlay_twice.yaml")],
          ("overlay_twice.yaml", "max_steps", "duplicate")),
+    Case("study_seed_too_large", lambda d: ["study", "--config", str(d / "study_big_seed.yaml")],
+         ("seed", "4294967296")),
+    # the real-data modules
+    Case("dataset_prompt_format_field", fit("dataset_prompt_format_field"), ("prompt_format", "other")),
+    Case("dataset_prompt_format_brace", fit("dataset_prompt_format_brace"), ("prompt_format",)),
+    Case("dataset_csv_not_utf8", fit("dataset_csv_not_utf8"), ("latin1.csv",)),
+    Case("dataset_csv_ragged", fit("dataset_csv_ragged"), ("ragged.csv", "row 1")),
+    Case("dataset_limit_zero", fit("dataset_limit_zero"), ("limit", "0")),
+    Case("dataset_columns_unknown_role", fit("dataset_columns_unknown_role"), ("answer",)),
     Case("report_spec_key_twice", lambda d: ["report", str(d), "--spec", str(d / "spec_twice.yaml")],
          ("spec_twice.yaml", "step", "duplicate")),
 ]

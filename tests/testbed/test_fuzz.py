@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from tests.helpers.fuzzing import BASES, Case, Outcome, case_strategy, fixtures, memory_cap, print_config, run_case
+from tests.helpers.fuzzing import Case, Outcome, case_strategy, fixtures, memory_cap, print_config, run_case
 
 
 def _fuzz(tmp_path: Path, examples: int, derandomize: bool, seconds: float) -> list[Outcome]:
-    bases = {name: print_config(path) for name, path in BASES.items()}
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    fixtures(inputs)
+    paths = fixtures(inputs)
+    bases = {name: print_config(path) for name, path in paths.items()}
     outcomes: list[Outcome] = []
     log = os.environ.get("TESTBED_FUZZ_LOG")
 
@@ -36,7 +36,7 @@ def _fuzz(tmp_path: Path, examples: int, derandomize: bool, seconds: float) -> l
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(case=case_strategy(bases, inputs))
+    @given(case=case_strategy(bases, inputs, paths))
     def one(case: Case) -> None:
         sandbox = tmp_path / f"sandbox{len(outcomes)}"
         record({"verdict": "start", "changes": case[1], "args": case[0]})
