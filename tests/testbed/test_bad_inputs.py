@@ -309,6 +309,8 @@ HOSTILE_CASES = [
     Case("seed_too_large", fit("tiny", "--seed_everything=4294967296"), ("seed_everything", "4294967295")),
     Case("seed_negative", fit("tiny", "--seed_everything=-1"), ("seed_everything", "-1")),
     # wrong types inside nested settings
+    Case("null_for_an_int", fit("tiny", "--model.init_args.hidden=null"), ("model.init_args.hidden", "null")),
+    Case("null_in_a_settings_dataclass", fit("tiny", "--data.init_args.world.dim=null"), ("world", "dim", "None")),
     Case("world_wrong_type", fit("tiny", "--data.init_args.world.dim=abc"), ("dim", "abc")),
     Case("model_config_wrong_type", fit("llm_diverging", "--model.init_args.model_config.n_embd=abc"),
          ("n_embd", "abc")),
