@@ -29,6 +29,7 @@ import yaml
 from testbed.errors import ConfigError, TestbedError
 from testbed.io import atomic_write_text
 from testbed.locks import LOCK_FILE, folder_lock, make_folders, remove_created
+from testbed.run_folder import is_refusal
 from testbed.study import layout
 from testbed.study.fit import check_configs, fit_run, quiet_lightning
 from testbed.study.plan import DirectionRun, Plan, Run, build_plan
@@ -125,19 +126,31 @@ def _run_item(
         atomic_write_text(item.marker, json.dumps(result, indent=2))
         return True
     layout.check_inside(root, item.run_dir, item.label)  # again: a link may have appeared since the plan was made
-    make_folders(item.run_dir)
-    with folder_lock(item.run_dir, f"study run ({item.label})"):
-        old = [p for p in item.run_dir.iterdir() if p.name != LOCK_FILE]
-        if old:  # an interrupted or changed run: start it again from a clean folder
-            _check_own_folder(item, old)
-            if any(p != item.config_file for p in old):  # (a dry run leaves only the config)
-                say(f"{head} {'redo (config changed)' if status == 'redo' else 'restart (unfinished)'}: {item.label}")
-            for path in old:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        write_run_config(item)
-        say(f"{head} run {item.label}\n    python -m testbed fit --config {_shown(item.config_file)}")
-        done = fit_run(item, quiet)
-        atomic_write_text(item.marker, json.dumps(done, indent=2))
+    created = make_folders(item.run_dir)
+    try:
+        with folder_lock(item.run_dir, f"study run ({item.label})"):
+            old = [p for p in item.run_dir.iterdir() if p.name != LOCK_FILE]
+            if old:  # an interrupted or changed run: start it again from a clean folder
+                _check_own_folder(item, old)
+                if any(p != item.config_file for p in old):  # (a dry run leaves only the config)
+                    say(f"{head} {'redo (config changed)' if status == 'redo' else 'restart (unfinished)'}: "
+                        f"{item.label}")
+                for path in old:
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            write_run_config(item)
+            say(f"{head} run {item.label}\n    python -m testbed fit --config {_shown(item.config_file)}")
+            try:
+                done = fit_run(item, quiet)
+            except Exception as exc:
+                # Refused before it wrote anything (the fit cleaned up after itself): drop the config written here.
+                if is_refusal(exc) and {p.name for p in item.run_dir.iterdir()} <= {LOCK_FILE, item.config_file.name}:
+                    item.config_file.unlink(missing_ok=True)
+                raise
+            atomic_write_text(item.marker, json.dumps(done, indent=2))
+    except Exception as exc:
+        if is_refusal(exc):
+            remove_created(created)  # the folders made for this run, each only if empty
+        raise
     return True
 
 

@@ -187,6 +187,9 @@ def _hostile_inputs(root: Path, configs: dict) -> None:
     study = {**study, "overlays": [str(root / "overlay_twice.yaml")]}
     (root / "study_overlay_twice.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
     (root / "spec_twice.yaml").write_text("rows: [a]\ncolumns: [{kind: value, tag: t, step: 1, step: 2}]\n")
+    refused = {"name": "refused", "seeds": [0],
+               "final": {"name": "finetune", "config": phase, "overrides": {"trainer.log_every_n_steps": 0}}}
+    (root / "study_run_refused.yaml").write_text(yaml.safe_dump(refused, sort_keys=False))
     (root / "study_big_seed.yaml").write_text(yaml.safe_dump({**study, "seeds": [2**32]}, sort_keys=False))
     _dataset_inputs(root, configs)
 
@@ -347,6 +350,8 @@ HOSTILE_CASES = [
     Case("study_key_twice", lambda d: ["study", "--config", str(d / "study_twice.yaml")], ("seeds", "duplicate")),
     Case("overlay_key_twice", lambda d: ["study", "--config", str(d / "study_overlay_twice.yaml")],
          ("overlay_twice.yaml", "max_steps", "duplicate")),
+    Case("study_run_refused_in_set_up", lambda d: ["study", "--config", str(d / "study_run_refused.yaml")],
+         ("log_every_n_steps", "0")),
     Case("study_seed_too_large", lambda d: ["study", "--config", str(d / "study_big_seed.yaml")],
          ("seed", "4294967296")),
     # the real-data modules
