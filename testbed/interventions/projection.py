@@ -16,10 +16,14 @@ A J_l that is zero (the constraint degenerated: the probe representation no long
 leaves nothing to remove along that layer. The blocker then says so: a warning naming the layer and step (once per
 layer) and the count ``intervention/jacobian_zero_layers`` logged with its other values, so an arm whose blocker
 stopped acting is never mistaken for a blocked one.
+
+Under FSDP2 the vectors hold each process's parameter slices: J is taken by an ordinary backward pass
+(``testbed.sharding.backward_grads``) and inner products are summed across processes (``testbed.interventions.flat``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +34,19 @@ from torch import Tensor, nn
 
 from testbed.errors import ConfigError, positive_int
 from testbed.interventions.base import DirectionCallback, DirectionSource
-from testbed.interventions.flat import flatten, orthonormal_rows, trainable_parameters, unflatten
+from testbed.interventions.flat import (
+    flat_matvec,
+    flat_norm,
+    flatten,
+    orthonormal_rows,
+    trainable_parameters,
+    unflatten,
+)
 from testbed.probes import ProbeSet
 from testbed.protocol import TestbedModule
+from testbed.sharding import backward_grads, is_sharded, local
 from testbed.step_log import log_at_step, logging_due
+from testbed.strategies import FULL_PARAMETERS
 from testbed.tags import INTERVENTION, tag
 
 __all__ = ["ProjectionSettings", "UpdateProjectionBlocker", "GradientProjectionBlocker"]
@@ -73,6 +86,7 @@ class _JacobianProjection(DirectionCallback):
         self.jacobian_probe: ProbeSet | None = None
         self.jacobians: Tensor | None = None  # [k, P] raw J_l rows
         self.basis: Tensor | None = None  # [k', P] orthonormal
+        self._sharded = False  # J holds this process's parameter slices (FSDP2)
         self._logs: dict[str, Any] = {}
         self._zero_rows: Tensor | None = None  # [k] bool: J_l == 0 at the last refresh
         self._warned: set[str] = set()
@@ -82,14 +96,21 @@ class _JacobianProjection(DirectionCallback):
         if self.basis is not None and step % self.settings.every_n_steps != 0:
             return
         params = trainable_parameters(module)
-        along = self.along(module, grad=True, probe=self.jacobian_probe)
-        rows = []
-        for i, layer in enumerate(self.layers):
-            grads = torch.autograd.grad(along[layer], params, retain_graph=i < len(self.layers) - 1, allow_unused=True)
-            rows.append(flatten(grads, params))
+        self._sharded = is_sharded(params)
+        if self._sharded:  # one forward and ordinary backward per layer (FSDP2 gathers and reduce-scatters)
+            rows = [flatten(backward_grads(lambda k=layer: self.along(module, True, self.jacobian_probe)[k], params),
+                            params) for layer in self.layers]  # fmt: skip
+        else:
+            along = self.along(module, grad=True, probe=self.jacobian_probe)
+            rows = []
+            for i, layer in enumerate(self.layers):
+                grads = torch.autograd.grad(along[layer], params, retain_graph=i < len(self.layers) - 1,
+                                            allow_unused=True)  # fmt: skip
+                rows.append(flatten(grads, params))
         self.jacobians = torch.stack(rows)
-        self.basis = orthonormal_rows(rows)
-        self._zero_rows = ~self.jacobians.ne(0).any(dim=1)  # a tensor: read (one sync) only when logging
+        self.basis = orthonormal_rows(rows, over=params)
+        # J_l == 0 (over all shards), kept as a tensor: read (one sync) only when logging
+        self._zero_rows = torch.stack([flat_norm(row, params) for row in rows]) == 0
 
     def _zero_count(self) -> dict[str, Any]:
         zero = self._zero_rows
@@ -105,20 +126,24 @@ class _JacobianProjection(DirectionCallback):
                 rank_zero_warn(f"{type(self).__name__}: the Jacobian of <v, m> for layer {layer!r} is zero at step "
                                f"{step} (the constraint degenerated): nothing is removed along it while it stays zero")
 
-    def project(self, delta: Tensor, sign: float) -> tuple[Tensor, Tensor]:
-        """(kept, removed) parts of ``delta``; removed lies in span{J_l} (one-sided: J_l with sign·J_l·delta > 0)."""
+    def project(self, delta: Tensor, sign: float, over: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor]:
+        """(kept, removed) parts of ``delta``; removed lies in span{J_l} (one-sided: J_l with sign·J_l·delta > 0).
+
+        ``over``: the parameters the vectors live over (their inner products are summed across shards).
+        """
         if not self.settings.one_sided:
-            removed = (self.basis @ delta) @ self.basis
+            removed = flat_matvec(self.basis, delta, over) @ self.basis
             return delta - removed, removed
         original = delta
         active = torch.zeros(self.jacobians.shape[0], dtype=torch.bool, device=delta.device)
         for _ in range(self.jacobians.shape[0]):
-            newly = (sign * (self.jacobians @ delta) > 1e-12 * max(1.0, float(delta.norm()))) & ~active
+            scale = max(1.0, float(flat_norm(delta, over)))
+            newly = (sign * flat_matvec(self.jacobians, delta, over) > 1e-12 * scale) & ~active
             if not bool(newly.any()):
                 break
             active |= newly
-            q = orthonormal_rows(self.jacobians[active])
-            delta = original - (q @ original) @ q
+            q = orthonormal_rows(self.jacobians[active], over=over)
+            delta = original - flat_matvec(q, original, over) @ q
         return delta, original - delta
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -142,6 +167,8 @@ class _JacobianProjection(DirectionCallback):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
+        if self._sharded:  # one process's slices: a resumed run takes J afresh
+            return {**state, "jacobians": None, "basis": None}
         state["jacobians"] = None if self.jacobians is None else self.jacobians.cpu()
         state["basis"] = None if self.basis is None else self.basis.cpu()
         return state
@@ -161,6 +188,8 @@ class UpdateProjectionBlocker(_JacobianProjection):
         direction: the direction to block (``random: true`` for the random-direction control).
         projection: one-sided blocking and the cost knobs for J.
     """
+
+    supported_strategies = FULL_PARAMETERS | {"fsdp2"}
 
     def __init__(self, direction: DirectionSource, projection: ProjectionSettings | None = None) -> None:
         super().__init__(direction, projection)
@@ -189,16 +218,16 @@ class UpdateProjectionBlocker(_JacobianProjection):
             return
         params = self._step_params
         delta = flatten(params, params, self._snapshot.dtype).sub_(self._snapshot)  # Δθ [P]
-        along_before = self.jacobians @ delta
-        _, removed = self.project(delta, sign=1.0)
+        along_before = flat_matvec(self.jacobians, delta, params)
+        _, removed = self.project(delta, sign=1.0, over=params)
         for p, part in zip(params, unflatten(removed, params), strict=True):
-            p.sub_(part.to(p.dtype))  # θ ← θ_old + Δθ − removed
+            local(p).sub_(part.to(p.dtype))  # θ ← θ_old + Δθ − removed
         self._snapshot = None
-        removed_norm = removed.norm()
+        removed_norm = flat_norm(removed, params)
         # kept as tensors (no device sync); written in on_train_batch_end when logging is due
         self._logs = {
             tag(INTERVENTION, "update_removed_norm"): removed_norm,
-            tag(INTERVENTION, "update_removed_frac"): removed_norm / delta.norm().clamp_min(1e-30),
+            tag(INTERVENTION, "update_removed_frac"): removed_norm / flat_norm(delta, params).clamp_min(1e-30),
             tag(INTERVENTION, "update_along_vrev_before"): along_before.sum(),
             **self._zero_count(),
         }
