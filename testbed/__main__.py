@@ -11,16 +11,19 @@ too large to allocate. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from testbed.errors import TestbedError, environment_problem, one_line, testbed_cause
+from testbed.errors import TestbedError, check_nulls, environment_problem, hints_of, one_line, testbed_cause
 
-__all__ = ["ORCHESTRATION_VERBS", "quiet_third_party", "run_verb", "main"]
+__all__ = ["ORCHESTRATION_VERBS", "quiet_third_party", "refusing_nulls", "run_verb", "main"]
 
 # verb -> "module:function"; imported lazily so `fit` does not pay for report/plotting imports.
 ORCHESTRATION_VERBS = {
@@ -44,6 +47,18 @@ def quiet_third_party() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def refusing_nulls(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` (same signature and docstring, which jsonargparse reads) refusing ``null`` for a parameter whose type
+    does not allow ``None`` (jsonargparse lets ``runs_dir: null`` through to a ``str`` parameter)."""
+
+    @functools.wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        check_nulls(dict(inspect.signature(func).bind_partial(*args, **kwargs).arguments), "", hints_of(func))
+        return func(*args, **kwargs)
+
+    return checked
+
+
 def run_verb(args: Sequence[str] | None = None) -> object:
     """Run one verb with its arguments (default: ``sys.argv[1:]``); raises ``TestbedError`` for bad input."""
     from_argv = args is None
@@ -57,7 +72,7 @@ def run_verb(args: Sequence[str] | None = None) -> object:
 
         module_name, func_name = ORCHESTRATION_VERBS[args[0]].split(":")
         func = getattr(importlib.import_module(module_name), func_name)
-        return CLI(func, args=args[1:], prog=f"testbed {args[0]}", exit_on_error=False)
+        return CLI(refusing_nulls(func), args=args[1:], prog=f"testbed {args[0]}", exit_on_error=False)
     from testbed.cli import TestbedCLI
 
     return TestbedCLI(args=None if from_argv else args)

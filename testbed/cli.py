@@ -7,9 +7,6 @@ a refusal (``testbed.run_folder``), and the reliability callbacks are on by defa
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,15 @@ from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.utilities import rank_zero_info
 
 from testbed.checkpoint_io import LIGHTNING_CKPT_KEYWORDS, ResumableRng, SafeCheckpointIO, check_ckpt_path
-from testbed.errors import CheckpointError, ConfigError, TestbedError, one_line, seed_value, testbed_cause
+from testbed.errors import (
+    CheckpointError,
+    ConfigError,
+    TestbedError,
+    check_nulls,
+    one_line,
+    seed_value,
+    testbed_cause,
+)
 from testbed.guards import (
     NonFiniteGuard,
     check_config_files,
@@ -193,48 +198,4 @@ class TestbedCLI(LightningCLI):
         check_nulls(section.as_dict() if hasattr(section, "as_dict") else dict(section))
 
 
-def _allows_none(hint: Any) -> bool:
-    return hint is Any or hint is type(None) or type(None) in typing.get_args(hint)
-
-
-def _hints(target: Any) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
-    except Exception:  # an annotation that cannot be resolved: leave it to the class
-        return {}
-
-
-def check_nulls(value: Any, where: str = "", hints: dict[str, Any] | None = None) -> None:
-    """Refuse ``null`` for a setting whose annotation does not allow ``None`` (jsonargparse lets it through for a
-    class's ``init_args``, and the class then fails on it far from the config), in every ``class_path`` entry and
-    the settings dataclasses they take.
-
-    Raises:
-        ConfigError: naming the setting and the type it needs.
-    """
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            check_nulls(item, f"{where}[{i}]")
-        return
-    if not isinstance(value, dict):
-        return
-    if isinstance(value.get("class_path"), str):
-        module, _, name = value["class_path"].rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError, ValueError):
-            return
-        check_nulls(value.get("init_args") or {}, f"{where}.init_args".lstrip("."), _hints(cls))
-        return
-    for key, item in value.items():
-        name = f"{where}.{key}".lstrip(".")
-        hint = (hints or {}).get(key)
-        if item is None and hint is not None and not _allows_none(hint):
-            shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-            raise ConfigError(f"{name} must be given ({shown}), got null")
-        options = typing.get_args(hint) or (hint,)
-        settings = next((o for o in options if dataclasses.is_dataclass(o)), None)
-        check_nulls(item, name, _hints(settings) if settings is not None else None)
-
-
-__all__ = ["TestbedCLI", "TensorBoardLogger", "DEFAULT_RUNS_DIR", "trainer_defaults", "with_default", "check_nulls"]
+__all__ = ["TestbedCLI", "TensorBoardLogger", "DEFAULT_RUNS_DIR", "trainer_defaults", "with_default"]

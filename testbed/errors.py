@@ -7,7 +7,10 @@ Every setting check in the testbed goes through the helpers here (``positive_int
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import math
+import typing
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,6 +27,8 @@ __all__ = [
     "one_line",
     "testbed_cause",
     "environment_problem",
+    "hints_of",
+    "check_nulls",
     "as_settings",
 ]
 
@@ -144,6 +149,51 @@ def environment_problem(exc: BaseException | None) -> str | None:
             return f"out of memory: {one_line(exc, 1)} (a size setting too large for this machine?)"
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _allows_none(hint: Any) -> bool:
+    return hint is Any or hint is type(None) or type(None) in typing.get_args(hint)
+
+
+def hints_of(target: Any) -> dict[str, Any]:
+    """The resolved annotations of a function, or of a class's ``__init__`` (``{}`` when they cannot be resolved)."""
+    try:
+        return typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+    except Exception:  # an annotation that cannot be resolved: leave it to the class
+        return {}
+
+
+def check_nulls(value: Any, where: str = "", hints: dict[str, Any] | None = None) -> None:
+    """Refuse ``null`` for a setting whose annotation does not allow ``None`` (jsonargparse lets it through for a
+    class's ``init_args``, and the class then fails on it far from the config), in every ``class_path`` entry and
+    the settings dataclasses they take.
+
+    Raises:
+        ConfigError: naming the setting and the type it needs.
+    """
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            check_nulls(item, f"{where}[{i}]")
+        return
+    if not isinstance(value, dict):
+        return
+    if isinstance(value.get("class_path"), str):
+        module, _, name = value["class_path"].rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError):
+            return
+        check_nulls(value.get("init_args") or {}, f"{where}.init_args".lstrip("."), hints_of(cls))
+        return
+    for key, item in value.items():
+        name = f"{where}.{key}".lstrip(".")
+        hint = (hints or {}).get(key)
+        if item is None and hint is not None and not _allows_none(hint):
+            shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+            raise ConfigError(f"{name} must be given ({shown}), got null")
+        options = typing.get_args(hint) or (hint,)
+        settings = next((o for o in options if dataclasses.is_dataclass(o)), None)
+        check_nulls(item, name, hints_of(settings) if settings is not None else None)
 
 
 def as_settings(cls: type, value: Any, name: str) -> Any:

@@ -190,6 +190,7 @@ def _hostile_inputs(root: Path, configs: dict) -> None:
     refused = {"name": "refused", "seeds": [0],
                "final": {"name": "finetune", "config": phase, "overrides": {"trainer.log_every_n_steps": 0}}}
     (root / "study_run_refused.yaml").write_text(yaml.safe_dump(refused, sort_keys=False))
+    (root / "study_null_runs_dir.yaml").write_text(yaml.safe_dump({**refused, "runs_dir": None}, sort_keys=False))
     (root / "study_big_seed.yaml").write_text(yaml.safe_dump({**study, "seeds": [2**32]}, sort_keys=False))
     _dataset_inputs(root, configs)
 
@@ -352,6 +353,8 @@ HOSTILE_CASES = [
          ("overlay_twice.yaml", "max_steps", "duplicate")),
     Case("study_run_refused_in_set_up", lambda d: ["study", "--config", str(d / "study_run_refused.yaml")],
          ("log_every_n_steps", "0")),
+    Case("study_null_runs_dir", lambda d: ["study", "--config", str(d / "study_null_runs_dir.yaml")],
+         ("runs_dir", "null")),
     Case("study_seed_too_large", lambda d: ["study", "--config", str(d / "study_big_seed.yaml")],
          ("seed", "4294967296")),
     # the real-data modules
