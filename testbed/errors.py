@@ -134,7 +134,7 @@ def testbed_cause(exc: BaseException | None) -> TestbedError | None:
 def environment_problem(exc: BaseException | None) -> str | None:
     """One line when ``exc`` (or an exception in its cause chain) is the environment refusing what the input asks
     for: a file or folder that cannot be read or written (``OSError``), text that is not UTF-8, or a size too large
-    to allocate; else ``None`` (a bug, which keeps its traceback)."""
+    to allocate or to index with (``OverflowError``); else ``None`` (a bug, which keeps its traceback)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -143,6 +143,8 @@ def environment_problem(exc: BaseException | None) -> str | None:
         if isinstance(exc, OSError):
             where = " ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
             return f"{exc.strerror or one_line(exc)}{': ' + where if where else ''}"
+        if isinstance(exc, OverflowError):
+            return f"a setting is too large to use: {one_line(exc, 1)}"
         if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
             isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
         ):

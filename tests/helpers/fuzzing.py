@@ -369,10 +369,20 @@ def _judge(code: int, stderr: str, left: list[str], args: list[str]) -> Outcome:
         return Outcome("failed", 2, f"{len(lines)} error lines: {stderr[-300:]}", args)
     trained = "non-finite" in lines[0]
     kept = [f for f in left if not (trained and not f.endswith((".ckpt", ".pt")))]
+    if args[0] == "study":  # a study stopped at a later run keeps the runs that finished before it, and their layout
+        kept = [f for f in kept if not _of_finished_run(f, left)]
     kept = [f for f in kept if not all(part in ("a", "b", "c", "d", "work") for part in Path(f).parts)]
     if kept:
         return Outcome("failed", 2, f"left behind {kept[:5]} after: {lines[0][:200]}", args)
     return Outcome("ok", 2, lines[0][:300], args)
+
+
+def _of_finished_run(path: str, left: list[str]) -> bool:
+    """Whether ``path`` is, holds or lies in a finished run's folder (one with ``DONE.json``), or is the layout."""
+    if path.endswith(".study_layout"):
+        return True
+    done = [str(Path(f).parent) for f in left if Path(f).name == "DONE.json"]
+    return any(path == d or path.startswith(d + "/") or d.startswith(path + "/") for d in done)
 
 
 @contextlib.contextmanager

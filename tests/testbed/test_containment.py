@@ -145,3 +145,18 @@ def test_a_read_only_runs_folder_is_one_line_and_nothing_is_written(tmp_path, ru
         assert _files(runs) == []
     finally:
         runs.chmod(0o755)
+
+
+@pytest.mark.parametrize("overrides", [{"trainer.log_every_n_steps": 0},  # refused by the testbed before the fit
+                                       {"model": {"init_args": {"init_from": None}}}])  # by Lightning (no model class)
+def test_a_study_stopped_at_a_refused_run_keeps_the_finished_ones_and_nothing_of_the_refused(tmp_path, run_cli,
+                                                                                             capsys, overrides):
+    # the "late" arm's setting passes the config check and is refused as the run sets up
+    study = _study(tmp_path, arms={"plain": {}, "late": {"overrides": overrides}})
+    assert run_cli(["study", "--config", str(study), "--quiet", "true"]) == 2
+    assert "arm 'late'" in _one_error(capsys)
+    root = tmp_path / "runs" / "contained"
+    assert (root / "plain" / "seed=0" / "DONE.json").is_file()
+    assert not (root / "late").exists()  # no config, no event file, no folder
+    assert run_cli(["study", "--config", str(_study(tmp_path)), "--quiet", "true"]) == 0  # resumes: plain is done
+    assert "skip" in capsys.readouterr().out
