@@ -46,6 +46,7 @@ from testbed.run_folder import DeferredConfigSave, owning_run_folder, start_logg
 from testbed.strategies import check_strategy
 
 DEFAULT_RUNS_DIR = "runs"
+SHAPE_ERRORS = ("shapes cannot be multiplied", "size mismatch", "must match the size of tensor")
 
 
 def trainer_defaults() -> dict[str, Any]:
@@ -125,12 +126,16 @@ class TestbedCLI(LightningCLI):
             start_loggers(self.trainer)
             try:
                 self.trainer.fit(**kwargs)
-            except RuntimeError as exc:  # Lightning's strict load of --ckpt_path into a model built in configure_model
-                if "Error(s) in loading state_dict" not in str(exc):
-                    raise
-                first = str(exc).strip().splitlines()
-                raise CheckpointError(f"--ckpt_path {kwargs.get('ckpt_path')} does not fit the model: "
-                                      f"{' '.join(line.strip() for line in first[:3])}") from None
+            except RuntimeError as exc:
+                if "Error(s) in loading state_dict" in str(exc):  # --ckpt_path into a model built in configure_model
+                    first = str(exc).strip().splitlines()
+                    raise CheckpointError(f"--ckpt_path {kwargs.get('ckpt_path')} does not fit the model: "
+                                          f"{' '.join(line.strip() for line in first[:3])}") from None
+                if self.trainer.global_step == 0 and any(mark in str(exc) for mark in SHAPE_ERRORS):
+                    # before the first update a shape error is the config's: a model built for other data
+                    raise ConfigError(f"the model does not fit the data's inputs ({one_line(exc, 1)}); check the "
+                                      "model's input sizes against the data's") from None
+                raise
 
     def before_fit(self) -> None:
         # Refuse a fit that trains nothing, an intervention not correct under the chosen strategy, and a resume
@@ -198,4 +203,4 @@ class TestbedCLI(LightningCLI):
         check_nulls(section.as_dict() if hasattr(section, "as_dict") else dict(section))
 
 
-__all__ = ["TestbedCLI", "TensorBoardLogger", "DEFAULT_RUNS_DIR", "trainer_defaults", "with_default"]
+__all__ = ["TestbedCLI", "TensorBoardLogger", "DEFAULT_RUNS_DIR", "SHAPE_ERRORS", "trainer_defaults", "with_default"]

@@ -316,6 +316,7 @@ HOSTILE_CASES = [
     Case("null_for_an_int", fit("tiny", "--model.init_args.hidden=null"), ("model.init_args.hidden", "null")),
     Case("null_in_a_settings_dataclass", fit("tiny", "--data.init_args.world.dim=null"), ("world", "dim", "None")),
     Case("size_too_large_to_index", fit("tiny", "--model.init_args.hidden=9223372036854775807"), ("overflow",)),
+    Case("model_built_for_other_data", fit("tiny", "--model.init_args.input_dim=3"), ("does not fit the data",)),
     Case("world_wrong_type", fit("tiny", "--data.init_args.world.dim=abc"), ("dim", "abc")),
     Case("model_config_wrong_type", fit("llm_diverging", "--model.init_args.model_config.n_embd=abc"),
          ("n_embd", "abc")),
