@@ -10,10 +10,17 @@ own structure, under peft's wrapper too). Batches are dicts ``{input_ids, attent
 Foreign weights (``init_from``, ``vrev`` checkpoints: a Hugging Face folder or ``.safetensors`` file, or a plain
 checkpoint of a LoRA module's base) go through transformers' own loading (``from_pretrained`` with the state dict,
 so its key renames and tied weights apply) in ``adapt_state_dict``.
+
+Curvature account: the per-example safety loss is the mean token cross-entropy of each example's response (a refusal
+or a helpful answer of the safety set), computed with a 4-D additive attention mask so that the same code runs batched
+and on one example under ``torch.func.vmap`` (a 2-D mask makes Hugging Face build the mask with data-dependent control
+flow). ``curvature_mode`` switches attention to the eager kernels, which have a double backward and batching rules.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -34,6 +41,7 @@ from testbed.llm.models import (
     lm_forward,
     load_pretrained,
     loading_problems,
+    position_ids,
 )
 from testbed.llm.tokenizer import tokenizer_problem
 from testbed.optim import OptimizerSettings
@@ -143,6 +151,39 @@ class CausalLMModule(TestbedModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_settings.build(p for _, p in self.trainable_parameters())
 
+    # ---- the curvature account ------------------------------------------------------------------
+    def safety_losses(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-example mean token cross-entropy on the response tokens [N] of a training-format batch."""
+        mask = batch["attention_mask"]
+        attention = additive_causal_mask(mask, base_model(self.model).dtype)
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=attention,
+                            position_ids=position_ids(mask)).logits[:, :-1].float()  # fmt: skip
+        labels = batch["labels"][:, 1:]
+        nll = nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        real = labels != IGNORE_INDEX
+        return (nll * real).sum(1) / real.sum(1).clamp_min(1)
+
+    def task_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        return self._loss_and_accuracy(batch)[0]
+
+    @contextmanager
+    def curvature_mode(self) -> Iterator[None]:
+        """Eager attention inside the block (fused kernels lack a double backward and vmap batching rules)."""
+        base = base_model(self.model)
+        before = getattr(base.config, "_attn_implementation", None)
+        switched = False
+        if before not in (None, "eager") and hasattr(base, "set_attn_implementation"):
+            try:
+                base.set_attn_implementation("eager")
+                switched = True
+            except (ValueError, ImportError, NotImplementedError):  # a model without eager attention keeps its own
+                pass
+        try:
+            yield
+        finally:
+            if switched:
+                base.set_attn_implementation(before)
+
     # ---- phase chaining and foreign checkpoints -------------------------------------------------
     def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Map a foreign state dict onto this module's keys; own-format dicts pass through unchanged.
@@ -234,4 +275,14 @@ class CausalLMModule(TestbedModule):
         return self.memory_estimate(batch, min(seq, context or seq), precision).describe()
 
 
-__all__ = ["CausalLMModule"]
+def additive_causal_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, 1, T, T] additive mask: 0 where query t may attend key s (s <= t, s a real token, or s = t), else the
+    dtype's minimum (every query keeps itself, so padding rows never become all-masked NaNs)."""
+    length = attention_mask.shape[-1]
+    eye = torch.eye(length, dtype=torch.bool, device=attention_mask.device)
+    allowed = eye.cumsum(0).bool() & (attention_mask[:, None, None, :].bool() | eye)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+__all__ = ["CausalLMModule", "additive_causal_mask"]
