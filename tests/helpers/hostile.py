@@ -21,7 +21,7 @@ def quadratic_fit(max_steps: int) -> dict[str, Any]:
     return {
         "seed_everything": 0,
         "model": {"class_path": "toy_models.quadratic.QuadraticToy",
-                  "init_args": {"dim": 6, "rank": 2, "sharpness": 4.0, "lr": 0.01, "fit_window": [1, max_steps]}},
+                  "init_args": {"dim": 6, "rank": 2, "sharpness": 4.0, "lr": 0.01}},
         "data": {"class_path": "toy_models.quadratic.QuadraticData", "init_args": {"dim": 6, "epoch_length": 20}},
         "trainer": {"max_steps": max_steps, "log_every_n_steps": 1, "num_sanity_val_steps": 0, "limit_val_batches": 0,
                     "enable_progress_bar": False},
