@@ -3,8 +3,10 @@
 ``SafeCheckpointIO`` is the testbed's default ``CheckpointIO`` plugin (``TestbedCLI`` installs it unless the
 config names another one). Saving goes through ``testbed.io.atomic_torch_save``: the checkpoint is written to a
 temporary sibling, fsynced and renamed over the target, so a run killed mid-write leaves either the previous
-file or none, never a truncated file that loads. Loading always uses ``torch.load(weights_only=True)``, so a
-checkpoint whose pickle would execute code is refused (``CheckpointError``), including for ``--ckpt_path``.
+file or none, never a truncated file that loads. Weights holding a NaN or inf are never written
+(``NonFiniteError``; the ``NonFiniteGuard`` normally stops the run earlier, naming the step). Loading always uses
+``torch.load(weights_only=True)``, so a checkpoint whose pickle would execute code is refused (``CheckpointError``),
+including for ``--ckpt_path``.
 
 ``ResumableRng`` (also on by default) stores the global RNG states (torch, CUDA, numpy, Python) in each checkpoint
 and puts them back when a run resumes, so a resumed run shuffles and samples exactly like an uninterrupted one.
@@ -42,8 +44,13 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         """Write ``checkpoint`` to ``path`` atomically (temporary file + fsync + rename)."""
+        from testbed.guards import NonFiniteError, first_non_finite, tensors_in
+
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
+        found = first_non_finite(tensors_in(checkpoint.get("state_dict", {})))
+        if found is not None:
+            raise NonFiniteError(f"non-finite weight {found[0]} = {found[1]}: not saving {path}")
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from testbed.directions import Extraction, direction_from_representations
 from testbed.errors import ConfigError
+from testbed.io import check_output_file
 from testbed.probes import ProbeSet
 from testbed.protocol import TestbedModule
 from testbed.weights import load_weights
@@ -79,6 +80,7 @@ def compute_vrev_from_checkpoints(
         The path written.
     """
     Extraction(method, pooling, kind)  # refuse bad settings before building anything
+    check_output_file(out, "--out")
     module, datamodule = build_from_config(config_path, seed)
     probe = ProbeSet.from_datamodule(datamodule)
     layers = module.check_layers(layers)

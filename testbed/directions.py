@@ -273,13 +273,38 @@ def load_direction(
             dict(raw["vectors"]), dict(raw["metadata"]), dict(raw["witness_mean"]), dict(raw["reference_mean"])
         )
         ds.metadata["widths"], ds.metadata["pooling"]  # noqa: B018 - presence check
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path} is a damaged direction file (missing {exc})") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is a damaged direction file (missing or malformed {exc})") from None
+    _check_contents(ds, path)
     ds.metadata["path"] = str(path)
     ds = ds.select(layers)
     if module is not None:
         check_direction(ds, module, probe, allow_other_probe=allow_other_probe, source=str(path))
     return ds
+
+
+def _check_contents(ds: DirectionSet, path: str | Path) -> None:
+    """Refuse a direction file whose vectors are not usable directions (naming the file and the layer): each must
+    be a non-empty 1-D floating-point tensor of the recorded width, finite and non-zero; the means must be finite."""
+    widths = ds.metadata.get("widths")
+    if not isinstance(widths, dict) or ds.metadata.get("pooling") not in ("last", "mean") or not ds.vectors:
+        raise CheckpointError(f"{path} is a damaged direction file (no vectors, or malformed widths or pooling)")
+    for layer, vec in ds.vectors.items():
+        where = f"direction file {path}, layer {layer!r}"
+        if not isinstance(vec, Tensor) or not vec.is_floating_point() or vec.dim() != 1 or vec.numel() == 0:
+            raise CheckpointError(f"{where}: the vector is not a non-empty 1-D floating-point tensor")
+        if widths.get(layer) != vec.numel():
+            raise CheckpointError(f"{where}: the vector has {vec.numel()} entries but the file records width "
+                                  f"{widths.get(layer)!r}")
+        if not bool(torch.isfinite(vec).all()):
+            raise ConfigError(f"{where}: the vector holds NaN or inf; recompute the direction")
+        if not float(vec.double().norm()) > 1e-12:
+            raise ConfigError(f"{where}: the vector is zero, so it names no direction (a blocker would remove "
+                              "nothing); recompute it (are the witness and reference the same checkpoint?)")
+    for which, means in (("witness", ds.witness_mean), ("reference", ds.reference_mean)):
+        for layer, mean in means.items():
+            if not isinstance(mean, Tensor) or not bool(torch.isfinite(mean).all()):
+                raise ConfigError(f"direction file {path}, layer {layer!r}: the {which} mean is not a finite tensor")
 
 
 def check_direction(

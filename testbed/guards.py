@@ -1,24 +1,26 @@
-"""Run guards: stop on NaN/inf naming the step and metric, refuse runs that would do nothing, and leave nothing
-half-written when bad input is found during set-up.
+"""Run guards: stop on NaN/inf naming the step and metric, and refuse runs that would do nothing.
 
 ``NonFiniteGuard`` is on by default in ``TestbedCLI`` (list it in ``trainer.callbacks`` to change its settings).
 It checks
 - the training loss before every backward pass (so a NaN never reaches the weights),
-- every logged metric after each training batch and after validation,
+- every logged metric after each training batch and after validation (values that callbacks write straight to the
+  logger are checked by ``testbed.step_log.log_at_step``, the one path they take, with the same error),
 - the probe representations of all layers every ``representation_every_n_steps`` steps (when the model and
-  data implement the probe protocol).
-A non-finite value raises ``NonFiniteError`` (a ``TestbedError``): the CLI prints one line and exits non-zero.
+  data implement the probe protocol),
+- the weights (and optimizer state) of every checkpoint before it is written, and the weights after the last step,
+  so nothing non-finite is ever saved under a name that looks finished (``testbed.checkpoint_io.SafeCheckpointIO``
+  checks the weights once more as it writes).
+A non-finite value raises ``NonFiniteError`` (a ``TestbedError``): the CLI prints one line and exits with status 2.
 Under DDP the decision is reduced across processes, so every rank stops at the same step.
 
 The CLI also uses ``check_run_length`` (``max_steps: 0`` and the like are refused), ``check_config_files`` (a config
-that is not YAML is named), ``lightning_config_errors`` (Lightning's Trainer errors become one line) and
-``removing_partial_outputs`` (a run refused before its first step deletes the run folder it had started).
+that is not UTF-8 YAML with distinct keys is named) and ``lightning_config_errors`` (Lightning's Trainer errors become
+one line); ``testbed.run_folder`` locks the run folder and cleans up after a refused run.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -30,7 +32,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
-from testbed.errors import ConfigError, TestbedError
+from testbed.errors import ConfigError, TestbedError, positive_int
+from testbed.io import load_yaml
 from testbed.strategies import ALL_FAMILIES
 
 
@@ -38,7 +41,22 @@ class NonFiniteError(TestbedError):
     """A loss, logged metric or representation became NaN or infinite."""
 
 
-def _first_non_finite(values: Mapping[str, Any]) -> tuple[str, float] | None:
+def tensors_in(value: Any, prefix: str = "") -> dict[str, Tensor]:
+    """Every tensor of a nested dict/list (a checkpoint, an optimizer state), keyed by its dotted path."""
+    if isinstance(value, Tensor):
+        return {prefix: value}
+    items: Any = ()
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    out: dict[str, Tensor] = {}
+    for key, item in items:
+        out.update(tensors_in(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def first_non_finite(values: Mapping[str, Any]) -> tuple[str, float] | None:
     """The first ``(name, value)`` whose value (a number or tensor) has a NaN/inf entry, else ``None``.
 
     All tensors are checked with one reduction (one device sync), the culprit is looked up only on failure.
@@ -58,7 +76,7 @@ def _first_non_finite(values: Mapping[str, Any]) -> tuple[str, float] | None:
 
 
 class NonFiniteGuard(pl.Callback):
-    """Raise ``NonFiniteError`` when the loss, a logged metric or a probe representation is NaN/inf.
+    """Raise ``NonFiniteError`` when the loss, a logged metric, a probe representation or a weight is NaN/inf.
 
     Correct under every strategy: the decision is reduced across processes.
 
@@ -66,19 +84,22 @@ class NonFiniteGuard(pl.Callback):
         check_loss: check the training loss before each backward pass.
         check_metrics: check every logged metric (``trainer.callback_metrics``) after each batch and validation.
         representation_every_n_steps: read the probe representations of every layer this often (0: never).
+        check_weights: check the weights and optimizer state of every checkpoint before it is written, and the
+            weights after the last step.
     """
 
     supported_strategies = ALL_FAMILIES
 
     def __init__(
-        self, check_loss: bool = True, check_metrics: bool = True, representation_every_n_steps: int = 50
+        self, check_loss: bool = True, check_metrics: bool = True, representation_every_n_steps: int = 50,
+        check_weights: bool = True,
     ) -> None:
         super().__init__()
-        if representation_every_n_steps < 0:
-            raise ConfigError(f"representation_every_n_steps must be >= 0, got {representation_every_n_steps}")
+        positive_int("representation_every_n_steps", representation_every_n_steps, allow_zero=True)
         self.check_loss = check_loss
         self.check_metrics = check_metrics
         self.representation_every_n_steps = representation_every_n_steps
+        self.check_weights = check_weights
 
     # ---- checks -------------------------------------------------------------------------------
     def _stop_if(self, trainer: pl.Trainer, found: tuple[str, float] | None, what: str) -> None:
@@ -104,14 +125,14 @@ class NonFiniteGuard(pl.Callback):
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         if self.check_loss:
-            found = _first_non_finite({"loss": loss})
+            found = first_non_finite({"loss": loss})
             self._stop_if(trainer, found, f"training loss at step {trainer.global_step}")
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self.check_metrics:
-            found = _first_non_finite(trainer.callback_metrics)
+            found = first_non_finite(trainer.callback_metrics)
             self._stop_if(trainer, found, f"logged metric at step {getattr(self, '_batch_step', trainer.global_step)}")
         every, step = self.representation_every_n_steps, trainer.global_step
         if every and step % every == 0:
@@ -120,8 +141,20 @@ class NonFiniteGuard(pl.Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.check_metrics and not trainer.sanity_checking:
-            found = _first_non_finite(trainer.callback_metrics)
+            found = first_non_finite(trainer.callback_metrics)
             self._stop_if(trainer, found, f"validation metric after step {trainer.global_step}")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # Runs while Lightning assembles a checkpoint, before anything is written (ModelCheckpoint, save_checkpoint).
+        if self.check_weights:
+            found = first_non_finite(tensors_in({"weights": checkpoint.get("state_dict", {}),
+                                                 "optimizer": checkpoint.get("optimizer_states", [])}))
+            self._stop_if(trainer, found, f"state in the checkpoint after step {trainer.global_step}; nothing saved")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.check_weights:
+            found = first_non_finite(tensors_in(dict(pl_module.named_parameters())))
+            self._stop_if(trainer, found, f"weight after the last step ({trainer.global_step})")
 
     def _representation_problem(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[str, float] | None:
         """Non-finite probe representation ``('representation/<layer>', value)``, or ``None`` (also if unsupported)."""
@@ -144,71 +177,7 @@ class NonFiniteGuard(pl.Callback):
                            "representation checks are off for this run")
             self.representation_every_n_steps = 0
             return None
-        return _first_non_finite({f"representation/{name}": rep for name, rep in reps.items()})
-
-
-# ---- no half-written outputs ------------------------------------------------------------------------------------
-def _output_roots(trainer: pl.Trainer) -> list[Path]:
-    """Folders a fit writes into: the log folder (config, hparams, events) and explicit checkpoint folders."""
-    roots = [Path(trainer.log_dir)] if trainer.log_dir else []
-    for callback in trainer.checkpoint_callbacks:
-        dirpath = getattr(callback, "dirpath", None)
-        if dirpath:
-            roots.append(Path(dirpath))
-    return roots
-
-
-def _listing(root: Path) -> set[Path] | None:
-    """Entries of ``root`` and of its ``checkpoints/`` folder (not a full walk: ``root`` may be the cwd)."""
-    if not root.is_dir():
-        return None
-    entries = set(root.iterdir())
-    if (root / "checkpoints").is_dir():
-        entries |= set((root / "checkpoints").iterdir())
-    return entries
-
-
-def _remove_new(root: Path, before: set[Path]) -> None:
-    """Delete the files and folders that appeared under the existing folder ``root`` since ``before``."""
-    for path in sorted((_listing(root) or set()) - before, key=lambda p: len(p.parts), reverse=True):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
-@contextmanager
-def removing_partial_outputs(trainer: pl.Trainer) -> Iterator[None]:
-    """On a ``TestbedError`` before the first optimizer step, delete what the run wrote, then re-raise.
-
-    Bad input found while Lightning sets up (a checkpoint that does not fit, a direction file for another model, a
-    malformed data file...) surfaces after the logger has created the run folder and the config was saved; this
-    removes those files so a refused run leaves nothing behind. Files that existed before are never touched.
-    """
-    roots = [root.resolve() for root in _output_roots(trainer)]
-    before = {root: _listing(root) for root in roots}
-    created_from = {root: _first_missing(root) for root in roots}
-    try:
-        yield
-    except TestbedError:
-        if trainer.global_step == 0 and trainer.is_global_zero:
-            for root in roots:
-                if before[root] is None:
-                    if created_from[root] is not None:
-                        shutil.rmtree(created_from[root], ignore_errors=True)
-                else:
-                    _remove_new(root, before[root])
-        raise
-
-
-def _first_missing(root: Path) -> Path | None:
-    """The outermost folder on the way to ``root`` that does not exist yet (what a run would create)."""
-    missing = None
-    for path in [root, *root.parents]:
-        if path.exists():
-            return missing
-        missing = path
-    return missing
+        return first_non_finite({f"representation/{name}": rep for name, rep in reps.items()})
 
 
 @contextmanager
@@ -242,8 +211,20 @@ def check_run_length(trainer: pl.Trainer) -> None:
             raise ConfigError(f"trainer.{name}={value}: the fit would train nothing; give a positive value")
 
 
+def check_trainer_settings(trainer: pl.Trainer) -> None:
+    """Refuse Trainer settings that Lightning accepts but cannot run: ``log_every_n_steps`` below 1 (a modulo by
+    zero, or never), ``accumulate_grad_batches`` below 1 (a loop that never steps) and a negative or non-finite
+    ``gradient_clip_val``."""
+    positive_int("trainer.log_every_n_steps", trainer.log_every_n_steps)
+    positive_int("trainer.accumulate_grad_batches", trainer.accumulate_grad_batches)
+    clip = trainer.gradient_clip_val
+    if clip is not None and not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip >= 0):
+        raise ConfigError(f"trainer.gradient_clip_val must be a finite number >= 0 or null, got {clip!r}")
+
+
 def check_config_files(args: Any) -> None:
-    """Raise a ``ConfigError`` naming the file when a ``--config``/``-c`` argument is not valid YAML.
+    """Raise a ``ConfigError`` naming the file when a ``--config``/``-c`` argument is not UTF-8 YAML with distinct
+    keys in every mapping (``testbed.io.load_yaml``).
 
     Args:
         args: the command-line arguments (``None``: ``sys.argv[1:]``; a dict or Namespace is not checked).
@@ -252,27 +233,20 @@ def check_config_files(args: Any) -> None:
         args = sys.argv[1:]
     if not isinstance(args, (list, tuple)):
         return
-    import yaml
-
     paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
-    paths += [a.split("=", 1)[1] for a in args if isinstance(a, str) and a.startswith("--config=")]
+    paths += [a.split("=", 1)[1] for a in args if isinstance(a, str) and a.startswith(("--config=", "-c="))]
     for path in paths:
-        if not Path(path).is_file():
-            continue
-        try:
-            yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"config {path} is not valid YAML{where}: {problem}") from None
+        if isinstance(path, str) and "\0" not in path and Path(path).is_file():
+            load_yaml(path, "config")
 
 
 __all__ = [
     "NonFiniteError",
     "NonFiniteGuard",
-    "removing_partial_outputs",
+    "first_non_finite",
+    "tensors_in",
     "lightning_config_errors",
     "check_run_length",
+    "check_trainer_settings",
     "check_config_files",
 ]

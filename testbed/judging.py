@@ -62,6 +62,9 @@ class HarmfulnessCallback(pl.Callback):
         for judge in judges:
             if not isinstance(judge, Judge):
                 raise ConfigError(f"judges must be testbed.judging.Judge instances, got {type(judge).__name__}")
+        for judge in judges:
+            if not isinstance(judge.name, str) or not judge.name or "/" in judge.name:
+                raise ConfigError(f"judge name must be a non-empty metric name without '/', got {judge.name!r}")
         names = [judge.name for judge in judges]
         if len(set(names)) != len(names):
             raise ConfigError(f"judge names must be distinct (each is a metric), got {names}")

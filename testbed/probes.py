@@ -8,6 +8,8 @@ Reading is done through ``TestbedModule.representations`` only, so toys and Hugg
 without peft) are handled identically. Reads are side-effect free: the global RNG is isolated, the module is
 put in eval mode (no dropout noise) and restored afterwards, and gradients are off unless asked for.
 For multi-process runs a probe batch can be sharded; sums and counts of the shards reduce to the same means.
+Floating-point inputs are cast to the dtype of the model's weights when read (``precision: 64-true`` makes the model
+float64, while data modules build float32 probes); the fingerprint is always of the batch as given.
 """
 
 from __future__ import annotations
@@ -93,6 +95,19 @@ def probe_mode(module: nn.Module, grad: bool = False) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def model_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of the module's first floating-point parameter (``None`` without one)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
+def as_model_dtype(batch: Any, module: nn.Module) -> Any:
+    """``batch`` with its floating-point tensors cast to the dtype of ``module``'s weights (integers untouched)."""
+    dtype = model_dtype(module)
+    if dtype is None:
+        return batch
+    return map_batch(batch, lambda t: t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t)
 
 
 class _ProbeDone(Exception):
@@ -188,7 +203,7 @@ class ProbeSet:
         """
         layers = module.check_layers(layers)
         check_pooling(pooling)
-        target = self.batch if batch is None else batch
+        target = as_model_dtype(self.batch if batch is None else batch, module)
         with probe_mode(module, grad=grad):
             reps = representations_until_last(module, target, layers, pooling)
         return reps if grad else {k: v.detach() for k, v in reps.items()}
@@ -214,4 +229,6 @@ __all__ = [
     "map_batch",
     "probe_mode",
     "probe_set_of",
+    "model_dtype",
+    "as_model_dtype",
 ]

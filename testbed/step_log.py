@@ -4,15 +4,19 @@
 a callback that measures in ``on_train_batch_end`` (after the update) logs at ``trainer.global_step``, a value
 measured before training logs at step 0. Values are written straight to the trainer's loggers (no epoch
 aggregation, and much cheaper than ``LightningModule.log`` for per-step scalars) by rank zero only; every rank
-may call these functions, so callers never test the rank themselves.
+may call these functions, so callers never test the rank themselves. A non-finite value is never written: it
+raises the ``NonFiniteGuard``'s ``NonFiniteError`` naming the tag and the step (the CLI's one-line error).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
+
+from testbed.guards import NonFiniteError
 
 __all__ = ["HeldOutLogging", "log_at_step", "logging_due"]
 
@@ -29,10 +33,16 @@ def log_at_step(trainer: pl.Trainer, values: Mapping[str, Any], step: int | None
     """Write scalar ``values`` (numbers or 0-d tensors) to every logger at ``step`` (default: updates done so far).
 
     Returns the values as floats (on every rank, so callers can keep a history).
+
+    Raises:
+        NonFiniteError: a value is NaN or infinite (checked on every rank, before anything is written).
     """
     scalars = {key: float(value) for key, value in values.items()}
+    at = trainer.global_step if step is None else int(step)
+    bad = next((key for key, value in scalars.items() if not math.isfinite(value)), None)
+    if bad is not None:
+        raise NonFiniteError(f"non-finite logged metric at step {at}: {bad} = {scalars[bad]} (stopping the run)")
     if scalars and trainer.is_global_zero:
-        at = trainer.global_step if step is None else int(step)
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=at)
     return scalars

@@ -12,6 +12,11 @@ With J_l = ∂<v_l, m_l(θ)>/∂θ over the trainable parameters (one vector-Jac
 One-sided: only the components that move toward the witness (J_l·Δθ > 0, or J_l·g < 0 for a gradient step) are
 removed, by a small active-set loop (exact for one layer or mutually orthogonal J's).
 
+A J_l that is zero (the constraint degenerated: the probe representation no longer moves along v_l to first order)
+leaves nothing to remove along that layer. The blocker then says so: a warning naming the layer and step (once per
+layer) and the count ``intervention/jacobian_zero_layers`` logged with its other values, so an arm whose blocker
+stopped acting is never mistaken for a blocked one.
+
 Under FSDP2 the vectors hold each process's parameter slices: J is taken by an ordinary backward pass
 (``testbed.sharding.backward_grads``) and inner products are summed across processes (``testbed.interventions.flat``).
 """
@@ -24,6 +29,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from testbed.errors import ConfigError, positive_int
@@ -82,6 +88,8 @@ class _JacobianProjection(DirectionCallback):
         self.basis: Tensor | None = None  # [k', P] orthonormal
         self._sharded = False  # J holds this process's parameter slices (FSDP2)
         self._logs: dict[str, Any] = {}
+        self._zero_rows: Tensor | None = None  # [k] bool: J_l == 0 at the last refresh
+        self._warned: set[str] = set()
 
     def refresh(self, module: TestbedModule, step: int) -> None:
         """Recompute J at the current weights when due (every ``every_n_steps`` steps, or when none is held)."""
@@ -101,6 +109,22 @@ class _JacobianProjection(DirectionCallback):
                 rows.append(flatten(grads, params))
         self.jacobians = torch.stack(rows)
         self.basis = orthonormal_rows(rows, over=params)
+        # J_l == 0 (over all shards), kept as a tensor: read (one sync) only when logging
+        self._zero_rows = torch.stack([flat_norm(row, params) for row in rows]) == 0
+
+    def _zero_count(self) -> dict[str, Any]:
+        zero = self._zero_rows
+        return {} if zero is None else {tag(INTERVENTION, "jacobian_zero_layers"): zero.sum().float()}
+
+    def _warn_degenerate(self, step: int) -> None:
+        """Warn once per layer whose J was zero at the last refresh."""
+        if self._zero_rows is None:
+            return
+        for layer, zero in zip(self.layers, self._zero_rows.tolist(), strict=True):
+            if zero and layer not in self._warned:
+                self._warned.add(layer)
+                rank_zero_warn(f"{type(self).__name__}: the Jacobian of <v, m> for layer {layer!r} is zero at step "
+                               f"{step} (the constraint degenerated): nothing is removed along it while it stays zero")
 
     def project(self, delta: Tensor, sign: float, over: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor]:
         """(kept, removed) parts of ``delta``; removed lies in span{J_l} (one-sided: J_l with sign·J_l·delta > 0).
@@ -135,7 +159,11 @@ class _JacobianProjection(DirectionCallback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self._logs and logging_due(trainer):
             log_at_step(trainer, self._logs)
+            self._warn_degenerate(trainer.global_step)
         self._logs = {}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._warn_degenerate(trainer.global_step)  # also when logging was never due
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -201,6 +229,7 @@ class UpdateProjectionBlocker(_JacobianProjection):
             tag(INTERVENTION, "update_removed_norm"): removed_norm,
             tag(INTERVENTION, "update_removed_frac"): removed_norm / flat_norm(delta, params).clamp_min(1e-30),
             tag(INTERVENTION, "update_along_vrev_before"): along_before.sum(),
+            **self._zero_count(),
         }
 
     def _remove_hooks(self) -> None:
@@ -209,6 +238,7 @@ class UpdateProjectionBlocker(_JacobianProjection):
         self._handles = []
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
         self._remove_hooks()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -236,4 +266,4 @@ class GradientProjectionBlocker(_JacobianProjection):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             p.grad.copy_(new.to(p.grad.dtype))
-        self._logs = {tag(INTERVENTION, "grad_removed_norm"): removed.norm()}
+        self._logs = {tag(INTERVENTION, "grad_removed_norm"): removed.norm(), **self._zero_count()}

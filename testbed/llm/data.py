@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from testbed.errors import ConfigError, as_settings
+from testbed.errors import ConfigError, as_settings, positive_int
 from testbed.llm.models import IGNORE_INDEX
 from testbed.llm.tokenizer import build_word_tokenizer, load_tokenizer
 from testbed.llm.world import ASSISTANT, USER, Example, SafetyWorld, WorldConfig, world_vocabulary
@@ -91,7 +91,11 @@ def read_jsonl(path: str | Path, fields: Sequence[str]) -> list[dict[str, str]]:
         raise ConfigError(f"JSONL file not found: {path}")
     rows = []
     with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+        try:
+            numbered = list(enumerate(fh, start=1))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} near byte {exc.start})") from None
+        for lineno, line in numbered:
             if not line.strip():
                 continue
             try:
@@ -125,9 +129,15 @@ class InstructionDataModule(TestbedDataModule):
     def __init__(self, batch_size: int = 32, max_length: int = 48, prompt_format: str = "{prompt}",
                  probe_size: int = 32) -> None:  # fmt: skip
         super().__init__()
-        if batch_size < 1 or max_length < 2 or probe_size < 1:
-            raise ConfigError("batch_size, probe_size must be ≥ 1 and max_length ≥ 2")
-        if "{prompt}" not in prompt_format:
+        positive_int("batch_size", batch_size)
+        positive_int("probe_size", probe_size)
+        if positive_int("max_length", max_length) < 2:
+            raise ConfigError(f"max_length must be ≥ 2, got {max_length}")
+        try:
+            formatted = prompt_format.format(prompt="\0")
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"prompt_format {prompt_format!r} must name only {{prompt}}: {exc!r}") from None
+        if "\0" not in formatted:
             raise ConfigError("prompt_format must contain '{prompt}'")
         self.batch_size, self.max_length, self.prompt_format, self.probe_size = (
             batch_size, max_length, prompt_format, probe_size)  # fmt: skip

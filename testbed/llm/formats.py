@@ -139,6 +139,8 @@ def _load_file(path: Path, source: DataSource) -> list[dict[str, Any]]:
     kwargs: dict[str, Any] = {}
     if source.format == "hex_phi" and builder == "csv":
         kwargs["column_names"] = [source.names["prompt"]]  # HEx-PHI's CSVs have no header row
+    elif builder == "csv" and (ragged := _locate_bad_row(path)):  # pandas would shift a longer row's fields
+        raise ConfigError(f"{path}: {ragged}")
     try:
         data = _datasets().load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as exc:  # datasets wraps the parser's error (pyarrow, pandas) in its own

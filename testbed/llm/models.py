@@ -37,6 +37,8 @@ __all__ = [
     "lora_targets",
     "apply_lora",
     "position_ids",
+    "learned_positions",
+    "check_fits_context",
     "lm_forward",
 ]
 
@@ -67,9 +69,9 @@ def build_model(kind: str, vocab_size: int, overrides: dict[str, Any] | None = N
     config_cls = GPT2Config if kind == "gpt2" else LlamaConfig
     try:
         config = config_cls(**fields)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid model_config for {kind}: {exc}") from None
-    return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config)
+    except Exception as exc:  # TypeError/ValueError, huggingface_hub's strict-dataclass errors, negative sizes
+        raise ConfigError(f"invalid model_config for {kind}: {' '.join(str(exc).split())[:300]}") from None
 
 
 def loading_problems(info: dict[str, Any]) -> str:
@@ -223,7 +225,26 @@ def position_ids(attention_mask: Tensor | None) -> Tensor | None:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def learned_positions(model: nn.Module) -> bool:
+    """Whether the model looks positions up in a learned table (GPT-2's ``wpe``, OPT's ``embed_positions``), so that
+    a sequence longer than its context fails with an index error (rotary and ALiBi models run on, if degraded)."""
+    return any(isinstance(mod, nn.Embedding) and ("pos" in name.rsplit(".", 1)[-1] or name.endswith("wpe"))
+               for name, mod in base_model(model).named_modules())
+
+
+def check_fits_context(model: nn.Module, n_tokens: int) -> None:
+    """Refuse ``n_tokens`` positions beyond the context of a model with learned position embeddings."""
+    try:
+        limit = context_length(model)
+    except AttributeError:  # not a transformers model (a hand-made stand-in): no stated context
+        return
+    if limit is not None and n_tokens > limit and learned_positions(model):
+        raise ConfigError(f"inputs of {n_tokens} tokens exceed the model's context of {limit} positions; "
+                          "shorten the prompts or lower max_length / max_new_tokens")
+
+
 def lm_forward(model: nn.Module, batch: dict[str, Tensor]) -> Any:
-    """Forward pass of ``model`` on a batch dict, with padding-aware position ids."""
+    """Forward pass of ``model`` on a batch dict, with padding-aware position ids (inputs must fit the context)."""
+    check_fits_context(model, batch["input_ids"].shape[-1])
     mask = batch.get("attention_mask")
     return model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids(mask))

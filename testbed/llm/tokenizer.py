@@ -68,13 +68,17 @@ def load_tokenizer(path: str) -> Any:
     if not folder.is_dir():
         raise CheckpointError(f"tokenizer folder not found: {path}")
     config_file = folder / "tokenizer_config.json"
-    named = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
-    exact = named in GENERIC_FAST_CLASSES and (folder / "tokenizer.json").is_file()
     try:
+        settings = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        named = settings.get("tokenizer_class") if isinstance(settings, dict) else None
+        exact = named in GENERIC_FAST_CLASSES and (folder / "tokenizer.json").is_file()
         loader = PreTrainedTokenizerFast if exact else AutoTokenizer
         tokenizer = loader.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as exc:
-        raise CheckpointError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot load a tokenizer from {path}: {first}") from None
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"tokenizer {path} has no end-of-sequence token (responses are trained to end with one)")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

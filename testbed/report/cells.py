@@ -3,7 +3,9 @@
 A fixed-step cell takes, from each seed, the value logged at exactly that step; a seed without it is missing (the
 cell's n drops), never replaced by an earlier value. A ``last`` cell takes each seed's last value and records the
 steps, so a cell whose seeds end at different steps can be marked. Window kinds (count, area, exponent, Spearman)
-use each seed's logged steps inside the window and record whether the seeds' step sets agree.
+use each seed's logged steps inside the window and record whether the seeds' step sets agree. A seed whose value
+is NaN or infinite (a run logged before the testbed refused such values, or by another logger) is left out like a
+missing one, and the cell's note names it.
 """
 
 from __future__ import annotations
@@ -85,7 +87,13 @@ def arm_peak(runs: list[Run], tag: str, window: tuple[int, int] | None) -> float
     return max(peaks, default=_NAN)
 
 
+def _non_finite_note(cell: Cell, seeds: list[int]) -> None:
+    if seeds:
+        cell.note = f"seed(s) {sorted(seeds)} logged a non-finite value there, left out"
+
+
 def _at_step(cell: Cell, runs: list[Run], tag: str, step: int | str) -> Cell:
+    non_finite = []
     for run in runs:
         series = series_in(run, tag, None)
         if series is None:
@@ -94,7 +102,11 @@ def _at_step(cell: Cell, runs: list[Run], tag: str, step: int | str) -> Cell:
         steps, values = series
         idx = len(steps) - 1 if step == "last" else int(np.searchsorted(steps, step))
         if idx < len(steps) and (step == "last" or steps[idx] == step):
+            if not math.isfinite(float(values[idx])):
+                non_finite.append(run.seed)
+                continue
             cell.values[run.seed], cell.steps[run.seed] = float(values[idx]), int(steps[idx])
+    _non_finite_note(cell, non_finite)
     distinct = set(cell.steps.values())
     cell.mixed = len(distinct) > 1
     cell.step = distinct.pop() if len(distinct) == 1 else (step if isinstance(step, int) else None)
@@ -110,7 +122,7 @@ def _summarise(cell: Cell, interval: bool) -> Cell:
 
 def _windowed(cell: Cell, runs: list[Run], tag: str, window: tuple[int, int] | None, reduce: Any) -> Cell:
     """Per seed, ``reduce(steps, values)`` over the window; mixed when the seeds' step sets differ."""
-    step_sets = set()
+    step_sets, non_finite = set(), []
     for run in runs:
         series = series_in(run, tag, window)
         if series is None:
@@ -121,9 +133,13 @@ def _windowed(cell: Cell, runs: list[Run], tag: str, window: tuple[int, int] | N
             continue
         step_sets.add(tuple(steps.tolist()))
         cell.steps[run.seed] = [int(steps[0]), int(steps[-1]), len(steps)]
+        if not np.isfinite(values).all():
+            non_finite.append(run.seed)
+            continue
         result = reduce(steps, values)
         if result is not None and math.isfinite(result):
             cell.values[run.seed] = float(result)
+    _non_finite_note(cell, non_finite)
     cell.mixed = len(step_sets) > 1
     return cell
 

@@ -109,6 +109,8 @@ def build_report(
     keep = compile_pattern("--arms", arms)
     tag_patterns = [compile_pattern("--tags", t) for t in tags or []]
     out_dir = _out_dir(root, out)
+    if spec is not None:
+        load_spec(spec)  # a broken spec is named before the runs are read
     run_set = discover_runs(root, include_unfinished=include_unfinished)
     generic = {"steps": steps, "thresholds": threshold or [], "loglog": loglog or [], "theory_tag": theory_tag,
                "fit_window": tuple(fit_window) if fit_window else None}

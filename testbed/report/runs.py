@@ -15,9 +15,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from testbed.errors import ConfigError
+from testbed.io import load_yaml
 from testbed.report.events import EVENT_GLOB, Series, event_file_problems, event_files, read_scalars
 from testbed.study.layout import DONE, RUN_CONFIG, RunKey, is_finished, parse_run
 
@@ -56,10 +55,7 @@ class Run:
         path = self.path / RUN_CONFIG
         if not path.is_file():
             return {}
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not readable YAML: {' '.join(str(exc).split())}") from None
+        data = load_yaml(path, "run config")
         return data if isinstance(data, dict) else {}
 
 

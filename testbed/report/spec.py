@@ -33,9 +33,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from testbed.errors import ConfigError
+from testbed.io import load_yaml
 
 __all__ = ["GENERATED", "PER_SEED_KINDS", "COLUMN_KINDS", "PLOT_KINDS", "Column", "Reference", "OrderingTest",
            "Table", "Plot", "Spec", "load_spec", "parse_spec", "check_tags"]
@@ -320,27 +319,12 @@ def parse_spec(data: Any, source: str) -> Spec:
     return Spec(data.get("title"), tables, plots, source)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
-        twice = sorted({str(k) for k in keys if keys.count(k) > 1})
-        if twice:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key(s) {twice}", node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_spec(path: str | Path) -> Spec:
-    """Read and check a report spec file."""
+    """Read and check a report spec file (``testbed.io.load_yaml``: UTF-8, no key given twice)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"report spec not found: {path}")
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"report spec {path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    return parse_spec(data, str(path))
+    return parse_spec(load_yaml(path, "report spec"), str(path))
 
 
 def check_tags(spec: Spec, logged: list[str]) -> None:

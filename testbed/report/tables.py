@@ -91,7 +91,7 @@ def cell_text(col: Column, cell: Cell, is_reference: bool = False) -> str:
         digits = col.digits if col.digits is not None else 1
         rel = "–" if cell.relative is None else f"{100 * cell.relative:+.{digits}f}%"
         return rel + _step_mark(cell, col) + short
-    if col.kind == "exponent" and cell.note:
+    if col.kind == "exponent" and (cell.note or "").startswith("round-off"):
         return "≈ 0 (round-off)"
     mean = _scaled(cell.mean, col)
     if (col.interval or col.kind == "exponent") and math.isfinite(cell.low):

@@ -13,9 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from testbed.errors import ConfigError, one_line
+from testbed.errors import ConfigError
+from testbed.io import load_yaml
 
 __all__ = [
     "PLACEHOLDER",
@@ -31,7 +30,7 @@ PLACEHOLDER = re.compile(r"\{(seed|run_dir|directions\.[^{}.]+|phases\.[^{}.]+\.
 
 
 def load_yaml_mapping(path: Path, owner: str) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping.
+    """Read a YAML file that must hold a mapping (through ``testbed.io.load_yaml``: UTF-8, no repeated keys).
 
     Args:
         path: the file.
@@ -40,12 +39,9 @@ def load_yaml_mapping(path: Path, owner: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{owner}: config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:  # the problem and where, without the echoed source lines
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or one_line(exc, 1)
-        raise ConfigError(f"{owner}: {path} is not valid YAML{where}: {problem}") from None
+        data = load_yaml(path, "config")
+    except ConfigError as exc:
+        raise ConfigError(f"{owner}: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -18,10 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import yaml
 
 from testbed.cli import TestbedCLI
 from testbed.errors import ConfigError, TestbedError, one_line
+from testbed.strategies import ALL_FAMILIES
 from testbed.study.plan import Plan, Run
 from testbed.study.progress import StudyProgress
 from testbed.study.tensorboard import write_session
@@ -100,7 +102,20 @@ class StudyRunCLI(TestbedCLI):
 
     def before_fit(self) -> None:
         super().before_fit()
-        write_session(self.trainer.logger.experiment, self.run_hparams)
+        self.trainer.callbacks.insert(0, _Session(self.run_hparams))
+
+
+class _Session(pl.Callback):
+    """Writes the run's HParams session when training starts: after set-up, so a run refused there leaves no event
+    file behind (``testbed.run_folder``)."""
+
+    supported_strategies = ALL_FAMILIES
+
+    def __init__(self, hparams: dict[str, Any]) -> None:
+        self.hparams = hparams
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        write_session(trainer.logger.experiment, self.hparams)
 
 
 def _saved_step(path: Path) -> int | None:

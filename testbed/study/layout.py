@@ -9,13 +9,20 @@
 Inside a run folder: ``run_config.yaml`` (the resolved fit config), ``checkpoints/last.ckpt`` (the final
 weights) and ``DONE.json`` (written last, atomically: the run finished). Everything else in the testbed builds and
 parses these paths through this module.
+
+Containment: every part of an arm name is a plain folder name (``check_folder_names``), and every folder the study
+derives must resolve (symbolic links followed) to a path inside the study folder (``check_inside``); the study
+refuses anything else before it runs or deletes anything.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from testbed.errors import ConfigError
 
 __all__ = [
     "SHARED",
@@ -37,6 +44,8 @@ __all__ = [
     "checkpoint_file",
     "parse_run",
     "is_finished",
+    "check_folder_names",
+    "check_inside",
 ]
 
 SHARED = "_shared"
@@ -141,3 +150,23 @@ def parse_run(study_root: Path, folder: Path) -> RunKey:
 def is_finished(folder: Path) -> bool:
     """Whether the run in ``folder`` finished (its ``DONE.json`` exists)."""
     return done_file(folder).is_file()
+
+
+def check_folder_names(name: str, what: str) -> None:
+    """Refuse a name whose ``/``-separated parts are not plain folder names: empty, ``.`` or ``..``, a control
+    character, over 255 bytes, a ``seed=<s>`` part (it would be read back as the seed) or the reserved ``_shared``."""
+    for part in name.split("/"):
+        bad = (part in ("", ".", "..", SHARED) or _SEED.match(part) or len(os.fsencode(part)) > 255
+               or any(ord(ch) < 32 or ord(ch) == 127 for ch in part))
+        if bad:
+            raise ConfigError(f"{what} {name!r} does not make a plain folder name (part {part!r}); its run folder "
+                              "must lie inside the study folder: use values without '/', '..' or control characters")
+
+
+def check_inside(study_root: Path, path: Path, what: str) -> Path:
+    """``path`` if it resolves (symbolic links followed) to a path strictly inside ``study_root``, else a
+    ``ConfigError`` naming ``what``."""
+    root, resolved = Path(study_root).resolve(), Path(path).resolve()
+    if resolved == root or root not in resolved.parents:
+        raise ConfigError(f"{what}: its folder {path} resolves to {resolved}, outside the study folder {root}; refused")
+    return path

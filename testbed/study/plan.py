@@ -163,7 +163,7 @@ def _with_overlays(study: Study, config: Path, owner: str) -> dict[str, Any]:
 def _phase_run(study: Study, phase: PhaseSpec, seed: int, prev: Run | None, table: dict[str, Any]) -> Run:
     owner = f"phase {phase.name!r}"
     key = RunKey.of_shared(phase.name, seed)
-    run_dir = layout.run_dir(study.root, key)
+    run_dir = layout.check_inside(study.root, layout.run_dir(study.root, key), owner)
     merged = apply_overrides(_with_overlays(study, Path(phase.config.absolute), owner), phase.overrides, owner)
     table = {**table, "seed": seed, "run_dir": str(run_dir)}
     config = _resolve(merged, owner, seed, run_dir, prev.checkpoint if prev else None, table)
@@ -179,7 +179,7 @@ def _arm_run(
     final = study.final
     owner = f"phase {final.name!r} arm {arm_name!r}"
     key = RunKey(arm_name, seed)
-    run_dir = layout.run_dir(study.root, key)
+    run_dir = layout.check_inside(study.root, layout.run_dir(study.root, key), owner)
     merged = _with_overlays(study, Path(final.config.absolute), f"phase {final.name!r}")
     merged = apply_overrides(merged, final.overrides, owner)
     if arm.config is not None:
@@ -213,7 +213,7 @@ def build_plan(study: Study) -> Plan:
             plan.items.append(prev)
         deps: list[str] = [prev.fingerprint] if prev else []
         for name, spec in study.directions.items():
-            out = layout.direction_file(study.root, name, seed)
+            out = layout.check_inside(study.root, layout.direction_file(study.root, name, seed), f"direction {name!r}")
             marker = layout.direction_done_file(study.root, name, seed)
             witness, reference = shared[spec.witness], shared[spec.reference]
             fp = fingerprint([vars(spec), witness.fingerprint, reference.fingerprint])

@@ -5,6 +5,12 @@ Every run is an ordinary ``fit``: its fully resolved config is written into its 
 last) is skipped when the study is started again, so an interrupted study resumes; a run whose config has changed
 since is refused unless ``--rerun_changed true``. Folder names come from ``testbed.study.layout``; TensorBoard
 overlays the arms, which log identical tags.
+
+Concurrency and deletion: the study holds the lock of its folder for its whole run (``testbed.locks``; a second
+``study`` on the same folder is refused, naming the holder), and each run's folder while it prepares and fits it.
+A changed or unfinished run is restarted from an empty folder; what is removed is only ever the contents of that
+run's own folder, which lies inside the study folder (``layout.check_inside``) and was written by this study (its
+``run_config.yaml`` says so); a folder that is not, or a symbolic link, is refused and left alone.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import yaml
 
 from testbed.errors import ConfigError, TestbedError
 from testbed.io import atomic_write_text
+from testbed.locks import LOCK_FILE, folder_lock, make_folders, remove_created
+from testbed.run_folder import is_refusal
 from testbed.study import layout
 from testbed.study.fit import check_configs, fit_run, quiet_lightning
 from testbed.study.plan import DirectionRun, Plan, Run, build_plan
@@ -67,13 +75,14 @@ def _status(item: Run | DirectionRun, rerun_changed: bool) -> str:
     )
 
 
+def _signature(run: Run) -> str:
+    return f"# study {run.hparams['study']!r}, {run.label}; written by `python -m testbed study`\n"
+
+
 def write_run_config(run: Run) -> Path:
     """Write the run's resolved fit config, headed by the command that reruns it alone."""
     path = run.config_file
-    header = (
-        f"# python -m testbed fit --config {_shown(path)}\n"
-        f"# study {run.hparams['study']!r}, {run.label}; written by `python -m testbed study`\n"
-    )
+    header = f"# python -m testbed fit --config {_shown(path)}\n" + _signature(run)
     return atomic_write_text(path, header + yaml.safe_dump(run.config, sort_keys=False))
 
 
@@ -100,7 +109,9 @@ def _compute_direction(item: DirectionRun) -> dict[str, Any]:
     return {"fingerprint": item.fingerprint, "direction": item.name, "seed": item.seed, "file": str(item.out)}
 
 
-def _run_item(item: Run | DirectionRun, quiet: bool, rerun_changed: bool, say: Callable[[str], None]) -> bool:
+def _run_item(
+    item: Run | DirectionRun, root: Path, quiet: bool, rerun_changed: bool, say: Callable[[str], None]
+) -> bool:
     """Run one plan item unless finished; returns True when it ran."""
     status = _status(item, rerun_changed)
     head = f"[{item.index}/{item.total}]"
@@ -114,15 +125,49 @@ def _run_item(item: Run | DirectionRun, quiet: bool, rerun_changed: bool, say: C
             result = _compute_direction(item)
         atomic_write_text(item.marker, json.dumps(result, indent=2))
         return True
-    if item.run_dir.exists():  # an interrupted or changed run: start it again from a clean folder
-        if any(p != item.config_file for p in item.run_dir.iterdir()):  # (a dry run leaves only the config)
-            say(f"{head} {'redo (config changed)' if status == 'redo' else 'restart (unfinished)'}: {item.label}")
-        shutil.rmtree(item.run_dir)
-    write_run_config(item)
-    say(f"{head} run {item.label}\n    python -m testbed fit --config {_shown(item.config_file)}")
-    done = fit_run(item, quiet)
-    atomic_write_text(item.marker, json.dumps(done, indent=2))
+    layout.check_inside(root, item.run_dir, item.label)  # again: a link may have appeared since the plan was made
+    created = make_folders(item.run_dir)
+    try:
+        with folder_lock(item.run_dir, f"study run ({item.label})"):
+            old = [p for p in item.run_dir.iterdir() if p.name != LOCK_FILE]
+            if old:  # an interrupted or changed run: start it again from a clean folder
+                _check_own_folder(item, old)
+                if any(p != item.config_file for p in old):  # (a dry run leaves only the config)
+                    say(f"{head} {'redo (config changed)' if status == 'redo' else 'restart (unfinished)'}: "
+                        f"{item.label}")
+                for path in old:
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            write_run_config(item)
+            say(f"{head} run {item.label}\n    python -m testbed fit --config {_shown(item.config_file)}")
+            try:
+                done = fit_run(item, quiet)
+            except Exception as exc:
+                # Refused before it wrote anything (the fit cleaned up after itself): drop the config written here.
+                if is_refusal(exc) and {p.name for p in item.run_dir.iterdir()} <= {LOCK_FILE, item.config_file.name}:
+                    item.config_file.unlink(missing_ok=True)
+                raise
+            atomic_write_text(item.marker, json.dumps(done, indent=2))
+    except Exception as exc:
+        if is_refusal(exc):
+            remove_created(created)  # the folders made for this run, each only if empty
+        raise
     return True
+
+
+def _check_own_folder(item: Run, entries: list[Path]) -> None:
+    """Refuse to empty a run folder that this study did not write (no ``run_config.yaml`` with its signature),
+    unless all it holds are hidden leftovers of an interrupted atomic write."""
+    if item.run_dir.is_symlink():
+        raise ConfigError(f"{item.label}: {item.run_dir} is a symbolic link; refusing to empty it")
+    if all(p.name.startswith(".") and p.name.endswith(".partial") for p in entries):
+        return
+    try:
+        head = item.config_file.read_text(encoding="utf-8").splitlines(keepends=True)[1:2]
+    except (OSError, UnicodeDecodeError):
+        head = []
+    if head != [_signature(item)]:
+        raise ConfigError(f"{item.label}: {item.run_dir} holds files this study did not write; move them away or "
+                          "choose another study name (nothing was deleted)")
 
 
 def _write_layout(plan: Plan) -> None:
@@ -153,6 +198,16 @@ def run_study(study: Study, quiet: bool = False, dry_run: bool = False, rerun_ch
     def say(text: str) -> None:
         print(text, flush=True)
 
+    created = make_folders(study.root)
+    try:
+        with folder_lock(study.root, f"study {study.name!r}"):
+            return _run_plan(plan, quiet, dry_run, rerun_changed, say)
+    finally:
+        remove_created(created)  # only if nothing was written into it (a refusal before the first run)
+
+
+def _run_plan(plan: Plan, quiet: bool, dry_run: bool, rerun_changed: bool, say: Callable[[str], None]) -> Plan:
+    study = plan.study
     n_runs = len(plan.items)
     say(
         f"study {study.name!r}: {len(study.phases)} shared phase(s), {len(study.directions)} direction(s), "
@@ -167,7 +222,7 @@ def run_study(study: Study, quiet: bool = False, dry_run: bool = False, rerun_ch
     start, ran = time.monotonic(), 0
     try:
         for item in plan.items:
-            ran += _run_item(item, quiet, rerun_changed, say)
+            ran += _run_item(item, study.root, quiet, rerun_changed, say)
     finally:
         _write_layout(plan)
     say(
@@ -220,8 +275,8 @@ def study_command(
     if name is None or final is None:
         raise ConfigError("a study needs a 'name' and a 'final' phase: give the study file with --config study.yaml")
     study = validate_study(
-        name, runs_dir, list(seeds or [0]), list(phases or []), dict(directions or {}), final, dict(arms or {}),
-        dict(sweeps or {}), list(overlays or []), report,
+        name, runs_dir, [0] if seeds is None else seeds, list(phases or []), dict(directions or {}), final,
+        dict(arms or {}), dict(sweeps or {}), list(overlays or []), report,
     )
     try:
         run_study(study, quiet=quiet, dry_run=dry_run, rerun_changed=rerun_changed)

@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 from jsonargparse.typing import Path_fr
 
-from testbed.errors import ConfigError
+from testbed.errors import ConfigError, seed_value
 from testbed.study.config_algebra import placeholders_in
+from testbed.study.layout import check_folder_names
 
 __all__ = [
     "ConfigPath",
@@ -249,8 +250,10 @@ def validate_study(
         ConfigError: naming the study, phase, direction, arm or sweep at fault.
     """
     _check_name(name, "study")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    if not isinstance(seeds, list) or not seeds or len(set(map(repr, seeds))) != len(seeds):
+        raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds!r}")
+    for seed in seeds:
+        seed_value("study seed", seed)
     _check_phases(phases, final, directions)
     for arm_name in arms:
         _check_name(arm_name, "arm")
@@ -262,6 +265,7 @@ def validate_study(
     shared = [p.name for p in phases]
     for arm_name, arm in all_arms.items():
         owner = f"arm {arm_name!r}"
+        check_folder_names(arm_name, "arm")
         if arm.config is not None:
             _check_file(arm.config, owner)
         _check_callbacks(arm.callbacks, owner)

@@ -7,6 +7,7 @@ nothing behind in the working folder (no run folder, config, checkpoint, directi
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +75,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "garbage.ckpt").write_text("this is not a checkpoint\n")
     torch.save({"state_dict": GravityMLP(**{**MODEL, "optimizer": None}).state_dict()}, root / "full.ckpt")
     (root / "truncated.ckpt").write_bytes((root / "full.ckpt").read_bytes()[:600])
-    (root / "good.jsonl").write_text("".join(json.dumps({"prompt": f"list item {i}", "response": "ok"}) + "\n"
-                                             for i in range(3)))
+    rows = [{"prompt": f"please help me {verb}", "response": "sure ."} for verb in ("fix", "clean", "build")]
+    (root / "good.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (root / "malformed.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": \n')
     (root / "missing_field.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
     (root / "empty.jsonl").write_text("\n")
@@ -119,6 +120,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                         data={"class_path": "toy_models.quadratic.QuadraticData",
                                               "init_args": {"dim": 8}}),
     }
+    _hostile_inputs(root, configs)
     for name, config in configs.items():
         (root / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (root / "bad_yaml.yaml").write_text("model: [unclosed\n  class_path: x\n")
@@ -132,6 +134,86 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     "final": {"name": "finetune", "config": phase}, "arms": {"plain": {}}}
     (root / "study_missing_config.yaml").write_text(yaml.safe_dump(study_nofile, sort_keys=False))
     return root
+
+
+def _bad_direction(root: Path, name: str, change: Callable[[dict], None]) -> str:
+    raw = torch.load(root / "vrev.pt", weights_only=True)
+    change(raw)
+    torch.save(raw, root / f"{name}.pt")
+    return str(root / f"{name}.pt")
+
+
+def _hostile_inputs(root: Path, configs: dict) -> None:
+    """The inputs of issue 14's list: non-finite and zero directions, non-UTF-8 files, repeated keys, a tokenizer
+    without EOS, over-long prompts, a diverging causal LM, a resume checkpoint of another width."""
+    from testbed.llm.tokenizer import build_word_tokenizer
+    from toy_models.gravity import GravityMLP
+
+    scale = {"nan": math.nan, "inf": math.inf, "zero": 0.0}
+    for name, factor in scale.items():
+        path = _bad_direction(root, f"vrev_{name}", lambda raw, f=factor: raw["vectors"].update(
+            {k: v * f for k, v in raw["vectors"].items()}))
+        configs[f"vrev_{name}"] = _fit(callbacks=[_blocker("UpdateProjectionBlocker", path)])
+    path = _bad_direction(root, "vrev_strings", lambda raw: raw["vectors"].update({LAYER: "not a tensor"}))
+    configs["vrev_strings"] = _fit(callbacks=[_blocker("ReversionMonitor", path)])
+    path = _bad_direction(root, "vrev_widths", lambda raw: raw["metadata"].update({"widths": 3}))
+    configs["vrev_widths"] = _fit(callbacks=[_blocker("ReversionMonitor", path)])
+    (root / "latin1.jsonl").write_bytes('{"prompt": "café", "response": "ok"}\n'.encode("latin-1"))
+    configs["jsonl_latin1"] = _llm(root, train_path=str(root / "latin1.jsonl"))
+    no_eos = build_word_tokenizer(["list", "item", "ok"])
+    no_eos.eos_token = None
+    no_eos.save_pretrained(root / "no_eos_tokenizer")
+    configs["tokenizer_no_eos"] = _llm(root, tokenizer_path=str(root / "no_eos_tokenizer"))
+    (root / "long.jsonl").write_text(json.dumps({"prompt": " ".join(["red"] * 60), "response": "ok"}) + "\n")
+    configs["prompt_too_long"] = _llm(root, train_path=str(root / "long.jsonl"), max_length=256, probe_size=1)
+    llm = _llm(root)
+    llm["model"]["init_args"]["optimizer"] = {"name": "sgd", "lr": 1e30}
+    llm["trainer"]["max_steps"] = 6
+    configs["llm_diverging"] = llm
+    judge = {"class_path": "testbed.judging.HarmfulnessCallback",
+             "init_args": {"judges": [{"class_path": "testbed.llm.judges.HarmfulnessJudge",
+                                       "init_args": {"batch_size": 0}}]}}
+    configs["judge_batch_zero"] = {**_llm(root), "trainer": {**_llm(root)["trainer"], "callbacks": [judge]}}
+    wide = GravityMLP(**{**MODEL, "hidden": 32, "optimizer": None})
+    torch.save({"state_dict": wide.state_dict(), "global_step": 1}, root / "wide_full.ckpt")
+    (root / "latin1.yaml").write_bytes(yaml.safe_dump(_fit()).encode() + "# café\n".encode("latin-1"))
+    (root / "twice.yaml").write_text(yaml.safe_dump(_fit(), sort_keys=False) + "seed_everything: 3\n")
+    phase = str(root / "tiny.yaml")
+    study = {"name": "bad_study", "seeds": [], "final": {"name": "finetune", "config": phase}}
+    (root / "study_no_seeds.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    study = {"name": "bad_study", "seeds": [0], "final": {"name": "finetune", "config": phase}}
+    (root / "study_twice.yaml").write_text(yaml.safe_dump(study, sort_keys=False) + "seeds: [1]\n")
+    (root / "overlay_twice.yaml").write_text("trainer:\n  max_steps: 1\n  max_steps: 2\n")
+    study = {**study, "overlays": [str(root / "overlay_twice.yaml")]}
+    (root / "study_overlay_twice.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    (root / "spec_twice.yaml").write_text("rows: [a]\ncolumns: [{kind: value, tag: t, step: 1, step: 2}]\n")
+    refused = {"name": "refused", "seeds": [0],
+               "final": {"name": "finetune", "config": phase, "overrides": {"trainer.log_every_n_steps": 0}}}
+    (root / "study_run_refused.yaml").write_text(yaml.safe_dump(refused, sort_keys=False))
+    (root / "study_null_runs_dir.yaml").write_text(yaml.safe_dump({**refused, "runs_dir": None}, sort_keys=False))
+    (root / "study_big_seed.yaml").write_text(yaml.safe_dump({**study, "seeds": [2**32]}, sort_keys=False))
+    _dataset_inputs(root, configs)
+
+
+def _dataset_inputs(root: Path, configs: dict) -> None:
+    """Inputs of the real-data modules (``DatasetDataModule`` over ``testbed.llm.formats``)."""
+    (root / "latin1.csv").write_bytes("goal,target\nhow do i hurt people café,sure .\n".encode("latin-1"))
+    (root / "ragged.csv").write_bytes(b"goal,target\nhow do i hurt people,sure .,extra,fields\n")
+
+    def dataset(**data_args) -> dict:
+        config = _llm(root)
+        config["data"] = {"class_path": "testbed.llm.DatasetDataModule",
+                          "init_args": {"train": {"path": str(root / "good.jsonl")}, "batch_size": 2,
+                                        "max_length": 32, "probe_size": 2, **data_args}}
+        return config
+
+    configs["dataset_prompt_format_field"] = dataset(prompt_format="{prompt} {other}")
+    configs["dataset_prompt_format_brace"] = dataset(prompt_format="{prompt} {")
+    configs["dataset_csv_not_utf8"] = dataset(harmful={"path": str(root / "latin1.csv"), "format": "advbench"})
+    configs["dataset_csv_ragged"] = dataset(harmful={"path": str(root / "ragged.csv"), "format": "advbench"})
+    configs["dataset_limit_zero"] = dataset(harmful={"path": str(root / "good.jsonl"), "limit": 0})
+    configs["dataset_columns_unknown_role"] = dataset(train={"path": str(root / "good.jsonl"),
+                                                             "columns": {"answer": "response"}})
 
 
 @dataclass(frozen=True)
@@ -217,9 +299,82 @@ CASES = [
          ("non-finite probe representation after step 2", "representation/blocks.0.hidden"), keeps_logs=True),
 ]
 
+OPT = "--model.init_args.optimizer"
+HOSTILE_CASES = [
+    # numbers: non-finite, out of range, wrong shape
+    Case("lr_nan", fit("tiny", f"{OPT}.lr=nan"), ("lr",)),
+    Case("lr_inf", fit("tiny", f"{OPT}.lr=inf"), ("lr",)),
+    Case("lr_negative", fit("tiny", f"{OPT}.lr=-0.1"), ("lr", "-0.1")),
+    Case("weight_decay_nan", fit("tiny", f"{OPT}.weight_decay=nan"), ("weight_decay",)),
+    Case("weight_decay_negative", fit("tiny", f"{OPT}.weight_decay=-1"), ("weight_decay", "-1")),
+    Case("betas_out_of_range", fit("tiny", f"{OPT}.betas=[1.5, 0.9]"), ("betas", "1.5")),
+    Case("betas_three", fit("tiny", f"{OPT}.betas=[0.5, 0.9, 0.9]"), ("betas",)),
+    Case("momentum_one", fit("tiny", f"{OPT}.name=sgd", f"{OPT}.momentum=1.0"), ("momentum", "1.0")),
+    Case("seed_too_large", fit("tiny", "--seed_everything=4294967296"), ("seed_everything", "4294967295")),
+    Case("seed_negative", fit("tiny", "--seed_everything=-1"), ("seed_everything", "-1")),
+    # wrong types inside nested settings
+    Case("null_for_an_int", fit("tiny", "--model.init_args.hidden=null"), ("model.init_args.hidden", "null")),
+    Case("null_in_a_settings_dataclass", fit("tiny", "--data.init_args.world.dim=null"), ("world", "dim", "None")),
+    Case("size_too_large_to_index", fit("tiny", "--model.init_args.hidden=9223372036854775807"), ("overflow",)),
+    Case("model_built_for_other_data", fit("tiny", "--model.init_args.input_dim=3"), ("does not fit the data",)),
+    Case("world_wrong_type", fit("tiny", "--data.init_args.world.dim=abc"), ("dim", "abc")),
+    Case("model_config_wrong_type", fit("llm_diverging", "--model.init_args.model_config.n_embd=abc"),
+         ("n_embd", "abc")),
+    Case("model_config_negative", fit("llm_diverging", "--model.init_args.model_config.n_embd=-4"), ("model_config",)),
+    Case("lora_wrong_type", fit("llm_diverging", "--model.init_args.lora.r=abc"), ("r", "abc")),
+    Case("lora_unknown_key", fit("llm_diverging", "--model.init_args.lora.rank=4"), ("rank",)),
+    # checkpoints and direction files
+    Case("resume_other_width", fit("tiny", "--ckpt_path={d}/wide_full.ckpt"), ("wide_full.ckpt", "does not fit")),
+    Case("vrev_nan", fit("vrev_nan"), ("vrev_nan.pt", "blocks.1.hidden", "NaN")),
+    Case("vrev_inf", fit("vrev_inf"), ("vrev_inf.pt", "blocks.1.hidden", "inf")),
+    Case("vrev_zero", fit("vrev_zero"), ("vrev_zero.pt", "blocks.1.hidden", "zero")),
+    Case("vrev_not_tensors", fit("vrev_strings"), ("vrev_strings.pt", "blocks.1.hidden", "tensor")),
+    Case("vrev_malformed_widths", fit("vrev_widths"), ("vrev_widths.pt", "damaged")),
+    # text files, tokenizers, prompts
+    Case("config_not_utf8", fit("latin1"), ("latin1.yaml", "UTF-8")),
+    Case("jsonl_not_utf8", fit("jsonl_latin1"), ("latin1.jsonl", "UTF-8")),
+    Case("tokenizer_without_eos", fit("tokenizer_no_eos"), ("no_eos_tokenizer", "end-of-sequence")),
+    Case("prompt_longer_than_context", fit("prompt_too_long"), ("62 tokens", "max_length=48")),
+    Case("judge_batch_size_zero", fit("judge_batch_zero"), ("batch_size", "0")),
+    Case("llm_loss_diverges", fit("llm_diverging"), ("non-finite training loss", "nan"), keeps_logs=True),
+    # report filters and output paths
+    Case("report_bad_arms_regex", lambda d: ["report", str(d), "--arms", "(unclosed"], ("--arms", "(unclosed")),
+    Case("report_bad_tags_regex", lambda d: ["report", str(d), "--tags", "[x"], ("--tags", "[x")),
+    Case("report_out_is_a_file", lambda d: ["report", str(d), "--out", str(d / "good.jsonl")], ("good.jsonl", "file")),
+    Case("logger_folder_is_a_file", fit("tiny", "--trainer.logger.init_args.save_dir={d}/good.jsonl"),
+         ("good.jsonl", "file")),
+    Case("vrev_out_is_a_folder",
+         lambda d: ["vrev", "--config_path", str(d / "tiny.yaml"), "--witness_ckpt", str(d / "weights.pt"),
+                    "--reference_ckpt", str(d / "weights.pt"), "--layers", f"[{LAYER}]", "--out", str(d)],
+         ("--out", "folder")),
+    # studies and repeated YAML keys
+    Case("study_empty_seeds", lambda d: ["study", "--config", str(d / "study_no_seeds.yaml")], ("seeds", "[]")),
+    Case("fit_config_key_twice", fit("twice"), ("twice.yaml", "seed_everything", "duplicate")),
+    Case("study_key_twice", lambda d: ["study", "--config", str(d / "study_twice.yaml")], ("seeds", "duplicate")),
+    Case("overlay_key_twice", lambda d: ["study", "--config", str(d / "study_overlay_twice.yaml")],
+         ("overlay_twice.yaml", "max_steps", "duplicate")),
+    Case("study_run_refused_in_set_up", lambda d: ["study", "--config", str(d / "study_run_refused.yaml")],
+         ("log_every_n_steps", "0")),
+    Case("study_null_runs_dir", lambda d: ["study", "--config", str(d / "study_null_runs_dir.yaml")],
+         ("runs_dir", "null")),
+    Case("study_seed_too_large", lambda d: ["study", "--config", str(d / "study_big_seed.yaml")],
+         ("seed", "4294967296")),
+    # the real-data modules
+    Case("dataset_prompt_format_field", fit("dataset_prompt_format_field"), ("prompt_format", "other")),
+    Case("dataset_prompt_format_brace", fit("dataset_prompt_format_brace"), ("prompt_format",)),
+    Case("dataset_csv_not_utf8", fit("dataset_csv_not_utf8"), ("latin1.csv",)),
+    Case("dataset_csv_ragged", fit("dataset_csv_ragged"), ("ragged.csv", "row 1")),
+    Case("dataset_limit_zero", fit("dataset_limit_zero"), ("limit", "0")),
+    Case("dataset_columns_unknown_role", fit("dataset_columns_unknown_role"), ("answer",)),
+    Case("report_spec_key_twice", lambda d: ["report", str(d), "--spec", str(d / "spec_twice.yaml")],
+         ("spec_twice.yaml", "step", "duplicate")),
+]
+CASES += HOSTILE_CASES
+
 
 def test_at_least_twenty_cases() -> None:
     assert len(CASES) >= 20 and len({c.name for c in CASES}) == len(CASES)
+    assert len(HOSTILE_CASES) >= 30
 
 
 def _files(folder: Path) -> list[str]:

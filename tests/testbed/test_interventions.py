@@ -367,3 +367,30 @@ def test_random_control_equals_a_random_direction_file_of_the_same_seed(history:
     other = UpdateProjectionBlocker(DirectionSource(str(path), random=True, random_seed=6))
     other.setup(SimpleNamespace(datamodule=dm), aligned, "fit")
     assert not torch.equal(other.vectors[LAYER], as_file.vectors[LAYER])
+
+
+
+class _FlatConstraint(GradientProjectionBlocker):
+    """A blocker whose constraint has degenerated: <v, m> no longer depends on the weights (J = 0 exactly)."""
+
+    def along(self, module: Any, grad: bool, probe: ProbeSet | None = None) -> dict[str, torch.Tensor]:
+        return {layer: 0.0 * value for layer, value in super().along(module, grad, probe).items()}
+
+
+@pytest.mark.parametrize("degenerate", [True, False])
+def test_a_degenerate_constraint_is_said_not_silent(history: Any, tmp_path: Path, degenerate: bool) -> None:
+    import warnings
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    aligned, path = history
+    blocker = (_FlatConstraint if degenerate else GradientProjectionBlocker)(DirectionSource(str(path), layers=[LAYER]))
+    logger = CSVLogger(tmp_path, name="log")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(2, [blocker], logger=logger, log_every_n_steps=1).fit(copy.deepcopy(aligned), data())
+    said = [str(w.message) for w in caught if "degenerated" in str(w.message)]
+    assert len(said) == degenerate and (not said or LAYER in said[0])
+    rows = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()
+    column = rows[0].split(",").index("intervention/jacobian_zero_layers")
+    assert [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]] == [float(degenerate)] * 2
