@@ -1,36 +1,47 @@
 """Projection blockers: remove the first-order motion of the probe representations along v_rev.
 
-With J_l = ∂<v_l, m_l(θ)>/∂θ over the trainable parameters (one vector-Jacobian product on the probe batch) and
-{q_l} an orthonormal basis of {J_l}:
+A *constraint* is one scalar c_g,l(θ) = <v_l, mean_{i∈g} h_l(x_i; θ)>: the mean over a group g of probe inputs of
+the representation along v_l at layer l. Its row of the Jacobian, J_g,l = ∂c_g,l/∂θ over the trainable parameters,
+is one vector-Jacobian product. The groups are the whole probe set (``constraints: mean``, one row per layer), every
+probe input (``examples``), or ``rank`` clusters of probe inputs (``clusters``: k-means on the inputs' reference
+representations), so a blocker can hold each input (or cluster) in place and not only their mean. With J the
+rows [k, P], G = J Jᵀ and G⁺ its pseudo-inverse, the part of a vector δ that moves the constraints is
 
-- ``UpdateProjectionBlocker``: after each optimizer step, Δθ ← Δθ − Σ_l (q_l·Δθ) q_l, with J taken at the pre-step
-  weights, so the first-order change of <v_l, m_l> is zero whatever the optimizer (Adam included).
+    removed(δ) = Jᵀ G⁺ J δ     (the projection onto span{J_g,l}; rank = rank G)
+
+- ``UpdateProjectionBlocker``: after each optimizer step, Δθ ← Δθ − removed(Δθ), with J taken at the pre-step
+  weights, so the first-order change of every constraint is zero whatever the optimizer (Adam included).
 - ``GradientProjectionBlocker``: the same projection applied to the gradient before the step. Under plain SGD this
   blocks the first-order motion; under Adam/AdamW it does not (the moment estimates carry the removed component
   back), which is why it is kept as a named variant.
 
-One-sided: only the components that move toward the witness (J_l·Δθ > 0, or J_l·g < 0 for a gradient step) are
-removed, by a small active-set loop (exact for one layer or mutually orthogonal J's).
+One-sided: only the constraints that δ moves toward the witness (J·Δθ > 0, or J·g < 0 for a gradient step) are
+held, by a small active-set loop (exact for one row or mutually orthogonal rows). A constraint set whose rank drops
+to zero (a zero Jacobian: the probed layers do not depend on the trainable parameters) removes nothing; the blocker
+then warns once and logs ``intervention/constraint_rank`` = 0 instead of silently acting as a plain arm.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from testbed.errors import ConfigError, positive_int
+from testbed.errors import ConfigError, one_of, positive_int
 from testbed.interventions.base import DirectionCallback, DirectionSource
-from testbed.interventions.flat import flatten, orthonormal_rows, trainable_parameters, unflatten
-from testbed.probes import ProbeSet
+from testbed.interventions.flat import flatten, trainable_parameters, unflatten
+from testbed.probes import ProbeSet, map_batch
 from testbed.protocol import TestbedModule
 from testbed.step_log import log_at_step, logging_due
 from testbed.tags import INTERVENTION, tag
 
-__all__ = ["ProjectionSettings", "UpdateProjectionBlocker", "GradientProjectionBlocker"]
+__all__ = ["ProjectionSettings", "UpdateProjectionBlocker", "GradientProjectionBlocker", "probe_groups"]
+
+RANK_TOLERANCE = 1e-10  # eigenvalues of G below this times the largest are dropped (rank deficiency)
 
 
 @dataclass
@@ -43,85 +54,147 @@ class ProjectionSettings:
         jacobian_probe_size: take J on the first n probe inputs only (default: all). J costs one forward and
             backward pass on its probe batch, so this trades exactness on the full probe set for speed (the
             first-order change is zero on the subset; ``experiments/bench`` prints what leaks on the full set).
+        constraints: what is held: ``mean`` (the mean probe representation, one constraint per layer),
+            ``examples`` (every probe input) or ``clusters`` (``rank`` clusters of probe inputs).
+        rank: the number of clusters per layer (``clusters`` only): the rank budget of the constraint set.
     """
 
     one_sided: bool = False
     every_n_steps: int = 1
     jacobian_probe_size: int | None = None
+    constraints: Literal["mean", "examples", "clusters"] = "mean"
+    rank: int = 8
 
     def __post_init__(self) -> None:
         positive_int("every_n_steps", self.every_n_steps)
         positive_int("jacobian_probe_size", self.jacobian_probe_size, allow_none=True)
+        one_of("constraints", self.constraints, ("mean", "examples", "clusters"))
+        positive_int("rank", self.rank)
+
+
+def probe_groups(probe: ProbeSet, constraints: str, rank: int, features: Tensor | None = None) -> list[ProbeSet]:
+    """The probe inputs grouped per constraint: all of them, one per input, or ``rank`` k-means clusters of
+    ``features`` ``[B, F]`` (seeded, so the same inputs give the same clusters; empty clusters are dropped)."""
+    if constraints == "mean":
+        return [probe]
+    if constraints == "examples":
+        labels = torch.arange(probe.size)
+    else:
+        from scipy.cluster.vq import kmeans2
+
+        data = features.detach().double().cpu().numpy()
+        _, found = kmeans2(data, min(rank, probe.size), seed=0, minit="++")
+        labels = torch.as_tensor(found)
+    groups = []
+    for label in labels.unique(sorted=True).tolist():
+        index = (labels == label).nonzero().flatten()
+        groups.append(ProbeSet(map_batch(probe.batch, lambda t, i=index: t.index_select(0, i.to(t.device))
+                                         if t.dim() > 0 else t)))  # fmt: skip
+    return groups
 
 
 class _JacobianProjection(DirectionCallback):
-    """J_l rows, their orthonormal basis and the (one- or two-sided) projection; the subclasses say when to apply it.
+    """J rows, their Gram matrix and the (one- or two-sided) projection; the subclasses say when to apply it.
 
-    Vectors over the parameters are kept in the parameters' working precision (float32 for float32/bf16 models):
-    the projection itself costs a few vector passes per step.
+    Vectors over the parameters are kept in the parameters' working precision (float32 for float32/bf16 models);
+    the small k × k Gram matrix is inverted in float64.
     """
 
     def __init__(self, direction: DirectionSource, projection: ProjectionSettings | None = None) -> None:
         super().__init__(direction)
         self.settings = projection or ProjectionSettings()
-        self.jacobian_probe: ProbeSet | None = None
-        self.jacobians: Tensor | None = None  # [k, P] raw J_l rows
-        self.basis: Tensor | None = None  # [k', P] orthonormal
+        self.groups: list[ProbeSet] = []
+        self.jacobians: Tensor | None = None  # [k, P] raw rows, group-major then layer
+        self._gram_pinv: Tensor | None = None  # [k, k] float64
+        self._rank = 0
+        self._warned = False
         self._logs: dict[str, Any] = {}
 
     def refresh(self, module: TestbedModule, step: int) -> None:
         """Recompute J at the current weights when due (every ``every_n_steps`` steps, or when none is held)."""
-        if self.basis is not None and step % self.settings.every_n_steps != 0:
+        if self.jacobians is not None and step % self.settings.every_n_steps != 0:
             return
         params = trainable_parameters(module)
-        along = self.along(module, grad=True, probe=self.jacobian_probe)
         rows = []
-        for i, layer in enumerate(self.layers):
-            grads = torch.autograd.grad(along[layer], params, retain_graph=i < len(self.layers) - 1, allow_unused=True)
-            rows.append(flatten(grads, params))
+        for group in self.groups:
+            along = self.along(module, grad=True, probe=group)
+            for i, layer in enumerate(self.layers):
+                if not along[layer].requires_grad:  # the layer does not depend on what trains: a zero row
+                    rows.append(flatten([None] * len(params), params))
+                    continue
+                grads = torch.autograd.grad(along[layer], params, retain_graph=i < len(self.layers) - 1,
+                                            allow_unused=True)  # fmt: skip
+                rows.append(flatten(grads, params))
         self.jacobians = torch.stack(rows)
-        self.basis = orthonormal_rows(rows)
+        self._factor(step)
+
+    def _factor(self, step: int) -> None:
+        """G⁺ and the rank of the held rows; a rank of zero is said once."""
+        jac = self.jacobians.double()
+        gram = jac @ jac.T
+        self._gram_pinv = torch.linalg.pinv(gram, hermitian=True, rtol=RANK_TOLERANCE)
+        top = float(torch.linalg.eigvalsh(gram).max()) if gram.numel() else 0.0
+        self._rank = int(torch.linalg.matrix_rank(gram, hermitian=True, rtol=RANK_TOLERANCE)) if top > 0 else 0
+        if self._rank == 0 and not self._warned:
+            self._warned = True
+            rank_zero_warn(f"{type(self).__name__}: the constraint degenerated at step {step}: the Jacobian of the "
+                           f"probe representations along the direction is zero (layers {self.layers} do not depend "
+                           "on the trainable parameters), so nothing is removed; the arm trains as a plain one")
+
+    def _removed(self, delta: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Jᵀ G⁺ J δ over all rows, or over the rows selected by the boolean mask ``rows``."""
+        jac = self.jacobians if rows is None else self.jacobians[rows]
+        pinv = self._gram_pinv if rows is None else torch.linalg.pinv(
+            (jac.double() @ jac.double().T), hermitian=True, rtol=RANK_TOLERANCE)
+        coeffs = pinv @ (jac.double() @ delta.double())
+        return (coeffs.to(jac.dtype) @ jac).to(delta.dtype)
 
     def project(self, delta: Tensor, sign: float) -> tuple[Tensor, Tensor]:
-        """(kept, removed) parts of ``delta``; removed lies in span{J_l} (one-sided: J_l with sign·J_l·delta > 0)."""
+        """(kept, removed) parts of ``delta``; removed lies in span{J} (one-sided: rows with sign·J·delta > 0)."""
+        if self._rank == 0:
+            return delta, torch.zeros_like(delta)
         if not self.settings.one_sided:
-            removed = (self.basis @ delta) @ self.basis
+            removed = self._removed(delta)
             return delta - removed, removed
-        original = delta
+        original, kept = delta, delta
         active = torch.zeros(self.jacobians.shape[0], dtype=torch.bool, device=delta.device)
         for _ in range(self.jacobians.shape[0]):
-            newly = (sign * (self.jacobians @ delta) > 1e-12 * max(1.0, float(delta.norm()))) & ~active
+            newly = (sign * (self.jacobians @ kept) > 1e-12 * max(1.0, float(kept.norm()))) & ~active
             if not bool(newly.any()):
                 break
             active |= newly
-            q = orthonormal_rows(self.jacobians[active])
-            delta = original - (q @ original) @ q
-        return delta, original - delta
+            kept = original - self._removed(original, active)
+        return kept, original - kept
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        size = self.settings.jacobian_probe_size
-        if size is not None:
-            if size > self.probe.size:
-                raise ConfigError(f"jacobian_probe_size={size} exceeds the probe set ({self.probe.size} inputs)")
-            self.jacobian_probe = self.probe.head(size)
-        if self.basis is not None:
-            self.basis, self.jacobians = self.basis.to(pl_module.device), self.jacobians.to(pl_module.device)
+        s = self.settings
+        if s.jacobian_probe_size is not None and s.jacobian_probe_size > self.probe.size:
+            raise ConfigError(f"jacobian_probe_size={s.jacobian_probe_size} exceeds the probe set "
+                              f"({self.probe.size} inputs)")
+        probe = self.probe if s.jacobian_probe_size is None else self.probe.head(s.jacobian_probe_size)
+        features = None
+        if s.constraints == "clusters":  # cluster on the reference representations (the start of this run)
+            reps = probe.read(pl_module, self.layers, self.pooling)
+            features = torch.cat([reps[k] for k in self.layers], dim=1)
+        self.groups = probe_groups(probe, s.constraints, s.rank, features)
+        if self.jacobians is not None:
+            self.jacobians = self.jacobians.to(pl_module.device)
+            self._factor(trainer.global_step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self._logs and logging_due(trainer):
-            log_at_step(trainer, self._logs)
+            log_at_step(trainer, {**self._logs, tag(INTERVENTION, "constraint_rank"): self._rank})
         self._logs = {}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["jacobians"] = None if self.jacobians is None else self.jacobians.cpu()
-        state["basis"] = None if self.basis is None else self.basis.cpu()
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
-        self.jacobians, self.basis = state.get("jacobians"), state.get("basis")
+        self.jacobians = state.get("jacobians")
 
 
 class UpdateProjectionBlocker(_JacobianProjection):

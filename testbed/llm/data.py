@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from testbed.errors import CheckpointError, ConfigError, as_settings
+from testbed.errors import CheckpointError, ConfigError, as_settings, fraction
 from testbed.llm.models import IGNORE_INDEX
 from testbed.llm.tokenizer import build_word_tokenizer
 from testbed.llm.world import ASSISTANT, USER, Example, SafetyWorld, WorldConfig, world_vocabulary
@@ -196,6 +197,21 @@ class InstructionDataModule(TestbedDataModule):
         return [self.format(p) for p in (self.harmful_prompts if which == "harmful" else self.benign_prompts)]
 
 
+@dataclass
+class Rehearsal:
+    """Safety rehearsal: alignment examples mixed into the fine-tune corpus.
+
+    Args:
+        fraction: share of the fine-tune training corpus made of refusals to harmful requests of training families
+            (never of a family held out for judging), in [0, 1).
+    """
+
+    fraction: float = 0.03
+
+    def __post_init__(self) -> None:
+        fraction("rehearsal.fraction", self.fraction, open_high=True)
+
+
 class SafetyWorldDataModule(InstructionDataModule):
     """One phase of the safety world's history.
 
@@ -206,6 +222,7 @@ class SafetyWorldDataModule(InstructionDataModule):
         batch_size: training batch size.
         max_length: maximum tokens of prompt + response.
         probe_size: number of probe prompts.
+        rehearsal: safety rehearsal in the fine-tune phase (``Rehearsal``; ``{}`` mixes in the default 3%).
     """
 
     def __init__(
@@ -216,6 +233,7 @@ class SafetyWorldDataModule(InstructionDataModule):
         batch_size: int = 32,
         max_length: int = 32,
         probe_size: int = 32,
+        rehearsal: Rehearsal | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, max_length=max_length, probe_size=probe_size)
         if phase not in ("pretrain", "align", "finetune"):
@@ -223,6 +241,9 @@ class SafetyWorldDataModule(InstructionDataModule):
         if probe_set not in ("train_harmful", "train_mixed"):
             raise ConfigError(f"probe_set must be train_harmful or train_mixed, got {probe_set!r}")
         self.world_config = as_settings(WorldConfig, world, "world") or WorldConfig()
+        self.rehearsal = as_settings(Rehearsal, rehearsal, "rehearsal")
+        if self.rehearsal is not None and phase != "finetune":
+            raise ConfigError(f"rehearsal mixes alignment examples into the fine-tune phase, not into {phase!r}")
         self.phase, self.probe_set = phase, probe_set
         self.world = SafetyWorld(self.world_config)
         self.tokenizer = world_tokenizer()
@@ -240,6 +261,9 @@ class SafetyWorldDataModule(InstructionDataModule):
         else:
             self.train_examples = w.finetune("train")
             self.val_examples = w.finetune("val")
+            if self.rehearsal is not None:  # the rehearsal share of the mixed corpus is `fraction`
+                share = self.rehearsal.fraction
+                self.train_examples += w.rehearsal(round(share * len(self.train_examples) / (1 - share)))
         probes = w.prompts("train_harmful", self.probe_size)
         if self.probe_set == "train_mixed":
             half = (self.probe_size + 1) // 2
@@ -313,6 +337,7 @@ __all__ = [
     "prompt_batch",
     "read_jsonl",
     "InstructionDataModule",
+    "Rehearsal",
     "SafetyWorldDataModule",
     "JsonlDataModule",
 ]
