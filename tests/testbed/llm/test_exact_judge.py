@@ -11,9 +11,10 @@ import pytest
 from testbed.errors import ConfigError
 from testbed.judging import run_judge
 from testbed.llm import SafetyWorldDataModule
+from testbed.llm.answers import classify_answer, parse_request
 from testbed.llm.exact_judge import ExactJudge, agreement
 from testbed.llm.judges import HarmfulnessJudge, Verdict
-from testbed.llm.world import SafetyWorld, WorldConfig, classify_answer, parse_request
+from testbed.llm.world import SafetyWorld, WorldConfig
 
 SMALL = WorldConfig(pretrain_size=64, align_size=32, finetune_size=32, eval_size=8)
 
