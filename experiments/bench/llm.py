@@ -8,10 +8,13 @@
     python experiments/bench/llm.py --part tokens   # tokens/s: plain vs monitor + update projection (safety world)
     python experiments/bench/llm.py --part lora     # LoRA fine-tune of the largest Llama that fits (GPU), ± blocking
 
-Figures are printed with the machine's load average (the CPU may be shared) and the process CPU time, which
-does not grow with other processes' load. On CPU, ``--part lora`` runs a tiny ladder to exercise the code path;
-on a CUDA device it builds randomly initialised Llama configurations (no download) from large to small, keeps
-the largest that trains without running out of memory, and measures LoRA fine-tuning tokens/s in bf16.
+Figures are printed with the machine's load average (the CPU may be shared) and the CPU time of the process and
+its children. On a shared machine run with one thread per process (``OMP_NUM_THREADS=1``): with two threads on two
+busy cores the study ran about 9x slower in wall time (one GPT-2 seed, every arm: 1272 s at load 7 with 2 threads,
+137 s at load 2-3 with 1 thread), and spinning threads inflate the CPU time too. On CPU, ``--part lora`` runs a
+tiny ladder to exercise the code path; on a CUDA device it builds randomly initialised Llama configurations (no
+download) from large to small, keeps the largest that trains without running out of memory, and measures LoRA
+fine-tuning tokens/s in bf16.
 """
 
 from __future__ import annotations

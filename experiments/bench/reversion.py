@@ -1,6 +1,7 @@
 """Step-time overhead of the reversion layer's callbacks relative to plain training.
 
     python experiments/bench/reversion.py [--steps 60] [--toy-steps 300] [--repeats 2]
+    python experiments/bench/reversion.py --only update-proj --no-lora   # the cost per rank of the constraint sets
 
 Models: the gravity toy (``GravityMLP``, batch 64, 64 probe inputs: probe batch = training batch) and a small
 transformers model (``CausalLMModule``, GPT-2 config, 4 layers, width 128, batch 16, 16 probe prompts; LoRA r=8 as
@@ -165,7 +166,8 @@ def leak(model: pl.LightningModule, dm: Any, path: str, blocker: list[pl.Callbac
     return moves[1] / moves[0], inputs[1] / inputs[0]
 
 
-def bench(name: str, model: pl.LightningModule, dm: Any, layer: str, steps: int, repeats: int) -> None:
+def bench(name: str, model: pl.LightningModule, dm: Any, layer: str, steps: int, repeats: int,
+          only: str | None = None) -> None:
     pl.seed_everything(0, verbose=False)  # the stand-in witness below, hence v_rev, is the same whatever ran before
     witness = copy.deepcopy(model)
     with torch.no_grad():
@@ -175,7 +177,8 @@ def bench(name: str, model: pl.LightningModule, dm: Any, layer: str, steps: int,
     path = str(extract_direction(witness, model, ProbeSet(dm.probe_batch()), [layer]).save(tmp / "v.pt"))
     cpu: dict[str, float] = {}
     wall: dict[str, float] = {}
-    made = arms(path, ProbeSet(dm.probe_batch()).size)
+    made = {k: v for k, v in arms(path, ProbeSet(dm.probe_batch()).size).items()
+            if only is None or k == "plain" or k.startswith(only)}  # fmt: skip
     names = list(made)
     for rep in range(repeats):  # round-robin, rotated, so load bursts and run order hit every arm alike
         for arm in names[rep % len(names) :] + names[: rep % len(names)]:
@@ -199,6 +202,9 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default=None, help="time only the arms whose name starts with this (and plain), "
+                        "e.g. 'update-proj' for the cost per rank of the constraint sets")
+    parser.add_argument("--no-lora", action="store_true", help="skip the LoRA case")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -210,6 +216,7 @@ def main() -> None:
         "blocks.1.hidden",
         args.toy_steps,
         args.repeats,
+        args.only,
     )
 
     from testbed.llm.module import CausalLMModule
@@ -223,7 +230,10 @@ def main() -> None:
         "blocks.2.resid_post",
         args.steps,
         args.repeats,
+        args.only,
     )
+    if args.no_lora:
+        return
     bench(
         "transformers GPT-2 (same), LoRA r=8 on c_attn/c_proj",
         CausalLMModule(model="gpt2", model_config=cfg, vocab_size=512, lora={"r": 8, "alpha": 16}),
@@ -231,6 +241,7 @@ def main() -> None:
         "blocks.2.resid_post",
         args.steps,
         args.repeats,
+        args.only,
     )
 
 
