@@ -9,9 +9,10 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import pytorch_lightning as pl
 
 from testbed.__main__ import quiet_third_party, run_verb
-from toy_models.geometry import MonitoredToy
+from testbed.interventions import CurvatureMonitor
 
 
 def quiet() -> None:
@@ -22,10 +23,8 @@ def quiet() -> None:
     warnings.filterwarnings("ignore")
 
 
-def fit(
-    configs: Sequence[str | os.PathLike], overrides: Sequence[str] = (), save_dir: str = "runs"
-) -> MonitoredToy:
-    """``python -m testbed fit --config A --config B ... OVERRIDES...`` in-process; returns the trained toy module.
+def fit(configs: Sequence[str | os.PathLike], overrides: Sequence[str] = (), save_dir: str = "runs") -> pl.Trainer:
+    """``python -m testbed fit --config A --config B ... OVERRIDES...`` in-process; returns the trainer after the fit.
 
     Args:
         configs: fit configs, composed in order (a base config, then overlays).
@@ -34,15 +33,20 @@ def fit(
     """
     args = ["fit", *(a for c in configs for a in ("--config", str(c))), "--trainer.logger.init_args.save_dir",
             save_dir, *overrides]  # fmt: skip
-    cli = run_verb(args)
-    return cli.model
+    return run_verb(args).trainer
 
 
-def quartic_coefficient(model: MonitoredToy) -> float:
-    """Measured coefficient of n⁴ over the fit window: exp(mean(log A_n − 4 log n)) (nan if A stayed zero)."""
-    start, end = model.fit_window
-    steps = np.array([s for s, a in model.monitor.losses.items() if start <= s <= end and a > 0], dtype=float)
-    if steps.size == 0:
+def curvature_monitor(trainer: pl.Trainer) -> CurvatureMonitor:
+    """The run's ``CurvatureMonitor`` (the toys' configs have one)."""
+    return next(c for c in trainer.callbacks if isinstance(c, CurvatureMonitor))
+
+
+def quartic_coefficient(monitor: CurvatureMonitor) -> float:
+    """Measured coefficient of n⁴ over the fit window: exp(mean(log Δu_n − 4 log n)) (nan if Δu stayed zero)."""
+    start, end = monitor.fit_window
+    rows = [r for r in monitor.history if start <= r["step"] <= end and r["usable"] and r["curvature/delta_u"] > 0]
+    if not rows:
         return math.nan
-    losses = np.array([model.monitor.losses[int(s)] for s in steps])
+    steps = np.array([r["step"] for r in rows])
+    losses = np.array([r["curvature/delta_u"] for r in rows])
     return float(np.exp(np.mean(np.log(losses) - 4 * np.log(steps))))

@@ -7,6 +7,7 @@ from typing import Any
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import CheckpointIO
+from pytorch_lightning.utilities import rank_zero_info
 
 from testbed.checkpoint_io import ResumableRng, SafeCheckpointIO, check_ckpt_path
 from testbed.guards import (
@@ -95,6 +96,10 @@ class TestbedCLI(LightningCLI):
         # Refuse a fit that trains nothing, and an intervention not correct under the chosen strategy.
         check_run_length(self.trainer)
         check_strategy(self.trainer)
+        # A model that can estimate its memory (the causal LM) says so before training, at the chosen precision.
+        describe = getattr(self.model, "describe_memory", None)
+        if callable(describe):
+            rank_zero_info(describe(str(self.trainer.precision), self.datamodule))
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # A config file that is not valid YAML: name the file (jsonargparse's message does not).

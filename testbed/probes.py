@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from testbed.errors import ConfigError
 from testbed.protocol import Pooling, TestbedModule
+from testbed.sharding import is_sharded
 
 POOLINGS = ("last", "mean")
 
@@ -103,9 +104,10 @@ def representations_until_last(module: TestbedModule, batch: Any, layers: Sequen
 
     Layers after the deepest requested one (and an LM head) are never run, and a backward pass through the result
     only traverses what was run: this roughly halves the cost of a probe vector-Jacobian product at a middle layer.
-    A module that overrides ``representations`` is called as is.
+    A module that overrides ``representations`` is called as is, and so is a sharded (FSDP2) one: its weights are
+    gathered and freed by hooks around each unit's forward, which an early exit would leave half done.
     """
-    if type(module).representations is not TestbedModule.representations:
+    if type(module).representations is not TestbedModule.representations or is_sharded(list(module.parameters())):
         return module.representations(batch, layers, pooling)
     wanted = set(layers)
     with module.capture(layers) as captured:

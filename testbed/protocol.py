@@ -8,6 +8,13 @@ modules (the causal-LM module maps ``blocks.{i}.resid_post`` onto Hugging Face d
 ``layer_names`` and ``layer_module``. From these the base class gives ``representations(batch, layers, pooling)``
 -> ``{layer: [B, width]}`` (differentiable, so blockers can take vector-Jacobian products). A
 ``TestbedDataModule`` supplies a fixed ``probe_batch()``. Metrics and interventions use nothing else.
+
+The curvature account (``testbed.curvature``) adds three model methods and one data method: ``safety_losses(batch)``
+-> per-example safety losses ℓ_i(θ) [N] (the safety loss is u(θ) = mean_i ℓ_i), ``fisher_scores(batch)`` -> the
+per-example scalars s_i(θ) [N] whose gradients give the safety Fisher F = (1/N) Σ_i ∇s_i ∇s_iᵀ (default: ℓ_i, the
+empirical Fisher), ``task_loss(batch)`` -> the fine-tune loss of a training batch, and the datamodule's
+``safety_batch()`` (N safety examples in the training-batch format). ``curvature_mode()`` is the context those passes
+run in (a module may switch to kernels that support ``torch.func.vmap`` and double backward).
 """
 
 from __future__ import annotations
@@ -114,6 +121,33 @@ class TestbedModule(HeldOutLogging, pl.LightningModule):
             self.forward_probe(batch)
         return {name: self.pool(captured[name], batch, pooling) for name in layers}
 
+    # ---- protocol: the curvature account (testbed.curvature) ---------------------------------------------------
+    def safety_losses(self, batch: Any) -> Tensor:
+        """Per-example safety losses ℓ_i(θ) [N] of a safety batch; the safety loss is their mean u(θ).
+
+        Must work on a batch of one example too (per-example gradients call it per example, under ``vmap``).
+        """
+        raise ConfigError(f"{type(self).__name__} has no per-example safety loss (safety_losses), which the "
+                          "curvature account needs")
+
+    def fisher_scores(self, batch: Any) -> Tensor:
+        """Per-example scalars s_i(θ) [N] whose gradients give the safety Fisher F = (1/N) Σ_i ∇s_i ∇s_iᵀ.
+
+        The default is the per-example safety loss (the empirical Fisher). A model whose safety loss is a squared
+        error ½(f_i − y_i)² returns its outputs f_i instead: the Fisher of a unit-variance Gaussian likelihood (the
+        Gauss–Newton matrix), which does not vanish where the residuals do.
+        """
+        return self.safety_losses(batch)
+
+    def task_loss(self, batch: Any) -> Tensor:
+        """The fine-tune (training) loss of one training batch, a scalar, without logging anything."""
+        raise ConfigError(f"{type(self).__name__} has no task_loss(batch), which the curvature diagnostics need")
+
+    @contextmanager
+    def curvature_mode(self) -> Iterator[None]:
+        """Context of the curvature passes (per-example gradients, Hessian-vector products); default: no change."""
+        yield
+
     # ---- phase chaining -----------------------------------------------------------------------------------------
     def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Map a foreign state dict onto this module's keys before a strict load (identity here)."""
@@ -131,8 +165,14 @@ class TestbedModule(HeldOutLogging, pl.LightningModule):
 
 
 class TestbedDataModule(pl.LightningDataModule):
-    """Base DataModule: adds ``probe_batch()``, the fixed inputs on which representations are read."""
+    """Base DataModule: adds ``probe_batch()``, the fixed inputs on which representations are read, and
+    ``safety_batch()``, the safety examples of the curvature account."""
 
     def probe_batch(self) -> Any:
         """A deterministic batch of probe inputs (same across calls, phases and arms for one config)."""
         raise NotImplementedError
+
+    def safety_batch(self) -> Any:
+        """A deterministic batch of N safety examples (the skill alignment installed), in the training-batch format
+        of the model's ``safety_losses``; the same across calls, phases and arms for one config."""
+        raise ConfigError(f"{type(self).__name__} has no safety set (safety_batch), which the curvature account needs")

@@ -1,12 +1,15 @@
 """Which testbed callbacks run correctly under which Lightning strategy, checked before ``fit``.
 
-Strategies fall into families: ``single`` (one device), ``ddp`` (DDP, DDP-spawn: every process holds the full
-model and DDP averages the gradients before any callback sees them), ``fsdp`` and ``deepspeed`` (parameters,
-gradients or optimizer state are sharded or owned by the engine). A callback states the families where it is
-correct in its ``supported_strategies`` (a class attribute, or a property when a setting matters, as for the
-activation clamp's ``shift`` mode); callbacks that state nothing are not policed. Interventions that read or edit
-full parameters, their gradients or their updates declare ``FULL_PARAMETERS``; forward-only ones ``ALL_FAMILIES``.
-Strategies outside the four families accept only callbacks correct everywhere.
+Strategies fall into families: ``single`` (one device), ``ddp`` (DDP, DDP-spawn: every process holds the full model and
+DDP averages the gradients before any callback sees them), ``fsdp2`` (Lightning's ``ModelParallelStrategy``, e.g.
+``testbed.sharding.FSDP2Strategy``: ``fully_shard`` makes each parameter a ``DTensor`` of per-process slices, which the
+flat-vector algebra handles by summing partial inner products), ``fsdp`` (FSDP1) and ``deepspeed`` (parameters,
+gradients or optimizer state are sharded or owned by the engine). A callback states the families where it is correct in
+its ``supported_strategies`` (a class attribute, or a property when a setting matters, as for the activation clamp's
+``shift`` mode); callbacks that state nothing are not policed. Interventions that read or edit full parameters, their
+gradients or their updates declare ``FULL_PARAMETERS`` (plus ``fsdp2`` where their algebra is shard-aware, as for the
+update projection); forward-only ones ``ALL_FAMILIES``. Strategies outside the families accept only callbacks correct
+everywhere. A refusal names the strategies that would run every refused callback.
 """
 
 from __future__ import annotations
@@ -15,11 +18,18 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy, Strategy
+from pytorch_lightning.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+    Strategy,
+)
 
 from testbed.errors import ConfigError
 
-FAMILIES = ("single", "ddp", "fsdp", "deepspeed")
+FAMILIES = ("single", "ddp", "fsdp2", "fsdp", "deepspeed")
 ALL_FAMILIES = frozenset(FAMILIES)
 FULL_PARAMETERS = frozenset({"single", "ddp"})
 SINGLE = frozenset({"single"})
@@ -31,23 +41,36 @@ __all__ = [
     "SINGLE",
     "strategy_family",
     "supported_families",
+    "ALTERNATIVES",
     "unsupported",
+    "alternatives",
     "check_strategy",
 ]
 
 WHY_NOT = {
     "ddp": "each process applies it to its own part of the global batch, so the result would depend on the "
     "number of processes",
-    "fsdp": "FSDP shards parameters and gradients across processes, so the full parameters, gradients or "
-    "updates the intervention edits are not available on one process",
+    "fsdp": "FSDP (FSDP1) flattens and shards parameters and gradients across processes, so the full parameters, "
+    "gradients or updates the intervention edits are not available on one process",
+    "fsdp2": "under FSDP2 each process holds only a slice of every parameter, and the intervention's algebra is "
+    "not shard-aware",
     "deepspeed": "DeepSpeed owns the optimizer step and shards gradients/optimizer state, so the gradients or "
     "updates the intervention edits are not the ones applied",
     "other": "the testbed has not verified it under this strategy",
 }
 
+# The strategy to name for each family when suggesting an alternative (most scalable first).
+ALTERNATIVES = {
+    "fsdp2": "strategy: testbed.sharding.FSDP2Strategy (sharded, FSDP2)",
+    "ddp": "strategy: ddp",
+    "single": "one device (devices: 1)",
+}
+
 
 def strategy_family(strategy: Strategy) -> str:
-    """``single``, ``ddp``, ``fsdp``, ``deepspeed`` or ``other`` for a Lightning strategy instance."""
+    """``single``, ``ddp``, ``fsdp2``, ``fsdp``, ``deepspeed`` or ``other`` for a Lightning strategy instance."""
+    if isinstance(strategy, ModelParallelStrategy):
+        return "fsdp2"
     if isinstance(strategy, FSDPStrategy):
         return "fsdp"
     if isinstance(strategy, DeepSpeedStrategy):
@@ -78,12 +101,25 @@ def unsupported(callbacks: Iterable[Any], family: str) -> list[str]:
     return problems
 
 
+def alternatives(callbacks: Iterable[Any]) -> list[str]:
+    """Strategy settings (``ALTERNATIVES``) under which every one of ``callbacks`` is correct."""
+    common = set(ALTERNATIVES)
+    for callback in callbacks:
+        families = supported_families(callback)
+        if families is not None:
+            common &= families
+    return [setting for family, setting in ALTERNATIVES.items() if family in common]
+
+
 def check_strategy(trainer: pl.Trainer) -> None:
     """Raise ``ConfigError`` if an intervention among ``trainer.callbacks`` is not correct under its strategy."""
     family = strategy_family(trainer.strategy)
     problems = unsupported(trainer.callbacks, family)
     if problems:
+        refused = [cb for cb in trainer.callbacks if unsupported([cb], family)]
+        options = alternatives(refused)
+        instead = f"Use {' or '.join(options)} instead" if options else "Use a supported strategy for each of them"
         raise ConfigError(
             f"strategy {type(trainer.strategy).__name__} ({family}) cannot run {'; '.join(problems)}: "
-            f"{WHY_NOT[family]}. Use a supported strategy for these interventions or remove them."
+            f"{WHY_NOT[family]}. {instead}, or remove them."
         )

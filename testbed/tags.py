@@ -10,12 +10,11 @@ from __future__ import annotations
 TASK_TRAIN = "train"  # task loss/accuracy on training batches
 TASK_VAL = "val"  # task metrics on held-out data
 ALIGN = "align"  # alignment loss / harmfulness
-GEOMETRY = "geometry"  # displacement inside/outside the alignment subspace
 THEORY = "theory"  # closed-form predictions and measured/predicted ratios
-FIT = "fit"  # running fits (log-log slope, coefficient)
 REVERSION = "reversion"  # drift alignment with v_rev, null exceedance
 INTERVENTION = "intervention"  # what a blocker removed/held
 PERF = "perf"  # throughput
+CURVATURE = "curvature"  # the curvature account: alignment subspace S, AIC diagnostics, Δu and the quartic fit
 
 
 def tag(group: str, metric: str, layer: str | None = None) -> str:
@@ -29,11 +28,10 @@ __all__ = [
     "TASK_TRAIN",
     "TASK_VAL",
     "ALIGN",
-    "GEOMETRY",
     "THEORY",
-    "FIT",
     "REVERSION",
     "INTERVENTION",
     "PERF",
+    "CURVATURE",
     "tag",
 ]

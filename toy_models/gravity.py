@@ -11,7 +11,9 @@ one of K content classes ("comply with the request"); class K is "refuse".
   harmful input and no refusal label at all; ``refusal_frac`` mixes in that share of harmful requests answered with
   a refusal, as real instruction datasets carry a few safety refusals.
 
-The probe set is a fixed batch of held-out harmful requests. ``RefusalJudge`` (logged by
+The probe set is a fixed batch of held-out harmful requests; the safety set of the curvature account
+(``GravityData.safety_batch``) is a fixed sample of the alignment task (harmful requests → refuse, benign ones
+answered by the teacher), with the per-example cross-entropy as the safety loss. ``RefusalJudge`` (logged by
 ``testbed.judging.HarmfulnessCallback`` as ``align/harmfulness``) is the fraction of held-out harmful requests not
 refused. The model is an MLP with hook points ``blocks.{i}.hidden`` after each hidden layer and ``logits`` after the
 output layer. Validation loaders draw from their own generator, so validating never changes the training shuffle.
@@ -164,6 +166,14 @@ class GravityMLP(TestbedModule):
     def forward_probe(self, batch: Tensor) -> None:
         self(batch)
 
+    def safety_losses(self, batch: tuple[Tensor, ...]) -> Tensor:
+        """Per-example cross-entropy on the alignment task [N] (its mean is the safety loss)."""
+        x, y = batch[0], batch[1]
+        return nn.functional.cross_entropy(self(x), y, reduction="none")
+
+    def task_loss(self, batch: tuple[Tensor, ...]) -> Tensor:
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
     def _step(self, batch: tuple[Tensor, ...], group: str) -> Tensor:
         x, y, harmful = batch
         logits = self(x)
@@ -200,6 +210,7 @@ class GravityData(TestbedDataModule):
         probe_size: number of probe inputs.
         data_seed: seed of the phase's samples (the world itself is fixed by ``world.world_seed``).
         world: the generative world (``GravitySettings``), the same in every phase of one history.
+        safety_size: number of safety examples (the alignment task, fixed by the world; see ``safety_batch``).
     """
 
     def __init__(
@@ -213,6 +224,7 @@ class GravityData(TestbedDataModule):
         probe_size: int = 256,
         data_seed: int = 0,
         world: GravitySettings | None = None,
+        safety_size: int = 64,
     ) -> None:
         super().__init__()
         self.phase = one_of("phase", phase, ("pretrain", "align", "finetune"))
@@ -222,6 +234,7 @@ class GravityData(TestbedDataModule):
         self.harmful_frac = fraction("harmful_frac", harmful_frac)
         self.refusal_frac = fraction("refusal_frac", refusal_frac)
         self.data_seed = positive_int("data_seed", data_seed, allow_zero=True)
+        self.safety_size = positive_int("safety_size", safety_size)
         self.settings = world or GravitySettings()
         self.world = GravityWorld(self.settings)
         self._world_seed = self.settings.world_seed
@@ -243,6 +256,10 @@ class GravityData(TestbedDataModule):
 
     def probe_batch(self) -> Tensor:
         return self.world.harmful_probe(self.probe_size, self._world_seed + 99)
+
+    def safety_batch(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``safety_size`` examples of the alignment task (x, y, harmful): harmful → refuse, benign → answered."""
+        return self.world.sample(self.safety_size, "align", self.harmful_frac, self._world_seed + 11)
 
 
 class RefusalJudge(Judge):

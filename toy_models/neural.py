@@ -4,8 +4,11 @@ A tanh MLP f(x; θ) → R (float64) sees inputs on a curved low-dimensional mani
 
 1. **Alignment.** θ0 is fitted to the alignment task, A(θ) = ½ mean_a (f(x_a; θ) − y_a)², by damped Gauss–Newton
    steps until the residual is at round-off (an interpolating minimum), unless ``init_from`` supplies θ0.
-2. **Measured AIC quantities** (torch.func): the alignment Hessian's top-k eigenpairs by Lanczos on Hessian-vector
-   products give S = span(U) and λ; the fine-tune Hessian H is kept as an HVP operator; g0 = ∇F(θ0).
+2. **Measured AIC quantities**, by the shared curvature layer (``testbed.interventions.CurvatureMonitor``): the safety
+   set is the alignment task (``NeuralToyData.safety_batch``), the per-example safety loss ½(f(x_a) − y_a)² and the
+   Fisher scores f(x_a) (the Gauss–Newton matrix, which at an interpolating minimum is the alignment Hessian), so S
+   and λ are the Fisher's top eigenpairs (Gram trick) or the Hessian's (Lanczos); g0 = ∇F(θ0) and H g0 come from
+   the first training batch (the whole fine-tune task).
 3. **Fine-tune.** F(θ) = ½ mean_f (f(x_f; θ) − y_f)², minimised by full-batch SGD (exact GD) with step η.
 
 *Benign task design.* At an interpolating minimum S is (numerically) the span of the alignment outputs' gradients,
@@ -15,16 +18,14 @@ first order removed: r_f = r_null + ε (r_raw − r_null), with ε = ``orthogona
 
 *Where it departs from the quadratic case.* (a) A is not quadratic in θ: along the fine-tune direction the alignment
 outputs curve, f_a(θ0 + δ) ≈ J_a δ + ½ ∇²f_a[δ, δ], and with δ ≈ −tg0 the second term is also O(t²), so it changes the
-t⁴ coefficient (``AICEstimates.c4_output_curvature`` is the leading coefficient with this term). (b) The fine-tune
-Hessian drifts as θ moves (higher orders in t). (c) λ, S are Lanczos estimates, and with ε > 0 the t² term dominates.
+t⁴ coefficient (:meth:`NeuralToy.output_curvature_coefficient` is the leading coefficient with this term). (b) The
+fine-tune Hessian drifts as θ moves (higher orders in t). (c) λ, S are estimates, and with ε > 0 the t² term dominates.
 :meth:`NeuralToy.quadratic_model_run` separates (a) from (b) by running GD on the quadratic model of F.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,63 +33,11 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 from torch.utils.data import DataLoader, Dataset
 
+from testbed.curvature.hvp import Operator, flat_hvp
 from testbed.errors import ConfigError, positive_int
-from testbed.protocol import HookPoint, TestbedDataModule
-from testbed.step_log import log_at_step
-from testbed.tags import GEOMETRY, TASK_TRAIN, TASK_VAL, THEORY, tag
-from theory.quartic import leading_coefficient, predict_alignment_loss_gd
+from testbed.protocol import HookPoint, TestbedDataModule, TestbedModule
+from testbed.tags import TASK_TRAIN, TASK_VAL, tag
 from toy_models.data import DTYPE, TaskSettings, ToyTasks, make_tasks
-from toy_models.geometry import MonitoredToy
-
-Operator = Callable[[Tensor], Tensor]
-
-
-def lanczos_top(apply: Operator, dim: int, k: int, iters: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Top-k eigenpairs (by value) of a symmetric operator by Lanczos with full re-orthogonalisation.
-
-    Stops early when the Krylov space is exhausted (a low-rank operator), which is exact for rank < iters.
-
-    Args:
-        apply: v [dim] -> A v [dim] (float64).
-        dim: dimension of the space.
-        k: number of eigenpairs (k <= iters <= dim).
-        iters: Lanczos steps (size of the Krylov space).
-        seed: seed of the start vector.
-
-    Returns:
-        (eigenvalues [k] in descending order, eigenvectors [dim, k] with orthonormal columns).
-    """
-    if not 1 <= k <= min(iters, dim):
-        raise ConfigError(f"Lanczos needs 1 <= k <= min(iters, dim), got k={k}, iters={iters}, dim={dim}")
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(dim, generator=gen, dtype=DTYPE)
-    basis = [q / torch.linalg.vector_norm(q)]
-    alphas: list[float] = []
-    betas: list[float] = []
-    for _ in range(min(iters, dim)):
-        w = apply(basis[-1])
-        alphas.append(float(w @ basis[-1]))
-        stacked = torch.stack(basis, 1)
-        for _ in range(2):  # twice is enough for full re-orthogonalisation in float64
-            w = w - stacked @ (stacked.T @ w)
-        beta = float(torch.linalg.vector_norm(w))
-        if beta < 1e-10 * max(1.0, max(abs(a) for a in alphas)) or len(basis) == dim:
-            break
-        betas.append(beta)
-        basis.append(w / beta)
-    m = len(alphas)
-    tri = torch.diag(torch.tensor(alphas, dtype=DTYPE))
-    if m > 1:
-        off = torch.tensor(betas[: m - 1], dtype=DTYPE)
-        tri += torch.diag(off, 1) + torch.diag(off, -1)
-    vals, vecs = torch.linalg.eigh(tri)
-    if m < k:
-        raise ConfigError(f"the operator has a Krylov space of dimension {m} < k={k}: lower the rank")
-    order = torch.argsort(vals, descending=True)[:k]
-    ritz = torch.stack(basis[:m], 1) @ vecs[:, order]
-    q_ritz, _ = torch.linalg.qr(ritz)  # restore exact orthonormality
-    signs = torch.sign(torch.sum(q_ritz * ritz, 0))
-    return vals[order], q_ritz * signs
 
 
 class FlatMLP(nn.Module):
@@ -144,12 +93,7 @@ def mse(net: FlatMLP, flat: Tensor, x: Tensor, y: Tensor) -> Tensor:
 
 def hvp_operator(net: FlatMLP, at: Tensor, x: Tensor, y: Tensor) -> Operator:
     """v -> ∇²L(at) v for L = ½ mean (f − y)², by forward-over-reverse differentiation."""
-    grad_fn = grad(lambda t: mse(net, t, x, y))
-
-    def apply(v: Tensor) -> Tensor:
-        return jvp(grad_fn, (at,), (v,))[1]
-
-    return apply
+    return flat_hvp(lambda t: mse(net, t, x, y), at)
 
 
 def fit_to_minimum(net: FlatMLP, x: Tensor, y: Tensor, iters: int, damping: float = 1e-8) -> float:
@@ -170,45 +114,17 @@ def fit_to_minimum(net: FlatMLP, x: Tensor, y: Tensor, iters: int, damping: floa
     return float(mse(net, theta, x, y))
 
 
-@dataclass
-class AICEstimates:
-    """AIC quantities measured at θ0 (numpy float64, the form theory takes)."""
-
-    lam: np.ndarray  # [k] top alignment-Hessian eigenvalues
-    U: np.ndarray  # [P, k] their eigenvectors (S)
-    g0: np.ndarray  # [P] first fine-tune gradient
-    hvp: Callable[[np.ndarray], np.ndarray]  # v -> H v, fine-tune Hessian at θ0
-    orthogonality: float  # ‖P_S g0‖ / ‖g0‖
-    coupling: float  # ‖P_S H g0‖ / ‖H g0‖
-    c4: float  # theory's leading t⁴ coefficient Σ λ_i/8 (u_iᵀ H g0)²
-    c4_output_curvature: float  # the t⁴ coefficient including ½∇²f_a[g0, g0] (see the module docstring)
-
-    def metrics(self) -> dict[str, float]:
-        return {
-            tag(THEORY, "c4"): self.c4,
-            tag(THEORY, "c4_output_curvature"): self.c4_output_curvature,
-            tag(THEORY, "lambda_max"): float(self.lam[0]),
-            tag(THEORY, "lambda_min"): float(self.lam[-1]),
-            tag(GEOMETRY, "g0_in_S"): self.orthogonality,
-            tag(GEOMETRY, "coupling"): self.coupling,
-        }
-
-
-class NeuralToy(MonitoredToy):
+class NeuralToy(TestbedModule):
     """tanh MLP aligned on one task and fine-tuned on another; the AIC quantities are measured, not set.
 
     Args:
         width: hidden width.
         depth: number of hidden layers.
-        rank: k, the number of top alignment-Hessian eigenpairs spanning S (<= number of alignment examples).
         lr: step size η of full-batch gradient descent on the fine-tune task.
         orthogonality_violation: ε in [0, 1]: 0 keeps only the fine-tune residual that leaves the alignment outputs
             unchanged at first order (g0 ⊥ S); 1 is the raw task.
         model_seed: seed of the initial weights (before alignment).
         align_iters: Gauss–Newton iterations of the alignment fit.
-        lanczos_iters: Lanczos steps for the alignment Hessian.
-        fit_window: early window [start, end] in steps for the log-log fit.
-        theory_order: series terms of theory's GD prediction.
         init_from: optional weights to use as θ0 instead of the built-in alignment fit (theory assumes they sit at
             an alignment minimum; from elsewhere the alignment loss has a linear term and the t² law appears).
     """
@@ -219,32 +135,24 @@ class NeuralToy(MonitoredToy):
         self,
         width: int = 16,
         depth: int = 2,
-        rank: int = 8,
         lr: float = 0.002,
         orthogonality_violation: float = 0.0,
         model_seed: int = 0,
         align_iters: int = 30,
-        lanczos_iters: int = 40,
-        fit_window: tuple[int, int] = (10, 50),
-        theory_order: int = 2,
         init_from: str | None = None,
     ) -> None:
-        super().__init__(fit_window=fit_window, init_from=init_from)
+        super().__init__(init_from)
         if width < 1 or depth < 1:
             raise ConfigError(f"width and depth must be >= 1, got width={width}, depth={depth}")
-        if rank < 1:
-            raise ConfigError(f"rank must be >= 1, got {rank}")
         if not lr > 0:
             raise ConfigError(f"lr must be positive, got {lr}")
         if not 0.0 <= orthogonality_violation <= 1.0:
             raise ConfigError(f"orthogonality_violation must lie in [0, 1], got {orthogonality_violation}")
         self.save_hyperparameters()
-        self.width, self.depth, self.rank, self.lr = width, depth, rank, float(lr)
-        self.violation, self.model_seed = float(orthogonality_violation), model_seed
-        self.align_iters, self.lanczos_iters, self.theory_order = align_iters, lanczos_iters, theory_order
+        self.width, self.depth, self.lr = width, depth, float(lr)
+        self.violation, self.model_seed, self.align_iters = float(orthogonality_violation), model_seed, align_iters
         self.net: FlatMLP | None = None
         self.tasks: ToyTasks | None = None
-        self.estimates: AICEstimates | None = None
 
     # ---- construction (needs the data, so it happens in configure_model/setup) --------------------
     def _data(self) -> NeuralToyData:
@@ -258,11 +166,6 @@ class NeuralToy(MonitoredToy):
             self._build(self._data())
 
     def _build(self, data: NeuralToyData) -> None:
-        if self.rank > data.settings.n_align:
-            raise ConfigError(
-                f"rank={self.rank} exceeds n_align={data.settings.n_align}: the alignment Hessian at an "
-                f"interpolating minimum has rank <= n_align"
-            )
         self.net = FlatMLP(data.settings.ambient_dim, self.width, self.depth, self.model_seed)
 
     def setup(self, stage: str) -> None:
@@ -310,6 +213,18 @@ class NeuralToy(MonitoredToy):
         """A(θ) − A(θ0) on the alignment task."""
         return 0.5 * torch.mean((self.net(self.tasks.x_align) - self.tasks.y_align) ** 2) - self.align0
 
+    # ---- the curvature account's protocol: the alignment task is the safety set ----------------------------------
+    def fisher_scores(self, batch: dict[str, Tensor]) -> Tensor:
+        """f(x_a; θ): the Fisher of a unit-variance Gaussian likelihood (Gauss–Newton) on the alignment task."""
+        return self.net(batch["x"].to(DTYPE))
+
+    def safety_losses(self, batch: dict[str, Tensor]) -> Tensor:
+        """½ (f(x_a; θ) − y_a)² per alignment example (their mean is A(θ))."""
+        return 0.5 * (self.fisher_scores(batch) - batch["y"].to(DTYPE)) ** 2
+
+    def task_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.finetune_loss(batch["index"])
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.finetune_loss(batch["index"])
         self.log(tag(TASK_TRAIN, "loss"), loss, on_step=True, on_epoch=False, batch_size=1)
@@ -328,78 +243,55 @@ class NeuralToy(MonitoredToy):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.net.parameters(), lr=self.lr)
 
-    # ---- measurements -----------------------------------------------------------------------------
-    def estimate(self) -> AICEstimates:
-        """Measure λ, S, H (as an operator), g0 at θ0, and the two t⁴ coefficients."""
-        t, net, theta0 = self.tasks, self.net, self.theta0
-        dim = theta0.numel()
-        align_hvp = hvp_operator(net, theta0, t.x_align, t.y_align)
-        ft_hvp = hvp_operator(net, theta0, t.x_finetune, self.ft_targets)
-        lam, U = lanczos_top(align_hvp, dim, self.rank, self.lanczos_iters, seed=self.model_seed)
-        g0 = grad(lambda p: mse(net, p, t.x_finetune, self.ft_targets))(theta0)
-        hg0 = ft_hvp(g0)
-        lam_np, U_np, g0_np = lam.numpy(), U.numpy(), g0.numpy()
+    # ---- analysis at θ0 (for experiments.neural_toy.decompose) ------------------------------------------------------
+    def finetune_gradient(self) -> Tensor:
+        """g0 = ∇F(θ0) [P] (the whole fine-tune task)."""
+        t = self.tasks
+        return grad(lambda p: mse(self.net, p, t.x_finetune, self.ft_targets))(self.theta0)
 
-        def hvp_np(v: np.ndarray) -> np.ndarray:
-            return ft_hvp(torch.as_tensor(v, dtype=DTYPE)).numpy()
+    def finetune_hvp(self) -> Operator:
+        """v -> H v with H = ∇²F(θ0)."""
+        return hvp_operator(self.net, self.theta0, self.tasks.x_finetune, self.ft_targets)
 
-        # Output curvature: f_a(θ0 − s g0 + ½ s² H g0) = f_a(θ0) + ½ s² (J_a H g0 + ∇²f_a[g0, g0]) + O(s³).
+    def output_curvature_coefficient(self) -> float:
+        """The t⁴ coefficient of A including the alignment outputs' curvature ½∇²f_a[g0, g0] (module docstring).
+
+        f_a(θ0 − s g0 + ½ s² H g0) = f_a(θ0) + ½ s² (J_a H g0 + ∇²f_a[g0, g0]) + O(s³).
+        """
+        net, theta0, x = self.net, self.theta0, self.tasks.x_align
+        g0 = self.finetune_gradient()
+        one, zero = torch.ones((), dtype=DTYPE), torch.zeros((), dtype=DTYPE)
+
         def along(s: Tensor) -> Tensor:
-            return net.call(theta0 - s * g0, t.x_align)
+            return net.call(theta0 - s * g0, x)
 
-        curv = jvp(
-            lambda s: jvp(along, (s,), (torch.ones((), dtype=DTYPE),))[1],
-            (torch.zeros((), dtype=DTYPE),),
-            (torch.ones((), dtype=DTYPE),),
-        )[1]
-        lin = jvp(lambda p: net.call(p, t.x_align), (theta0,), (hg0,))[1]
-        c4_curv = float(0.5 * torch.mean((0.5 * (lin + curv)) ** 2))
-        return AICEstimates(
-            lam=lam_np,
-            U=U_np,
-            g0=g0_np,
-            hvp=hvp_np,
-            orthogonality=float(np.linalg.norm(U_np.T @ g0_np) / np.linalg.norm(g0_np)),
-            coupling=float(np.linalg.norm(U_np.T @ hg0.numpy()) / np.linalg.norm(hg0.numpy())),
-            c4=leading_coefficient(lam_np, U_np, hvp_np, g0_np),
-            c4_output_curvature=c4_curv,
-        )
+        curv = jvp(lambda s: jvp(along, (s,), (one,))[1], (zero,), (one,))[1]
+        lin = jvp(lambda p: net.call(p, x), (theta0,), (self.finetune_hvp()(g0),))[1]
+        return float(0.5 * torch.mean((0.5 * (lin + curv)) ** 2))
 
-    def on_fit_start(self) -> None:
-        self.estimates = self.estimate()
-        super().on_fit_start()
-        log_at_step(self.trainer, self.estimates.metrics(), step=0)
-
-    def quadratic_model_run(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    def quadratic_model_run(self, basis: Tensor, lam: Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """GD on the quadratic model of F at θ0 (δ_{n+1} = δ_n − η(g0 + Hδ_n), H by HVPs), for steps 0..``steps``.
 
-        Returns (quadratic-model alignment loss ½ Σ λ_i (u_iᵀδ_n)², true alignment excess A(θ0 + δ_n) − A(θ0)):
+        Args:
+            basis: orthonormal rows [k, P] spanning S.
+            lam: the eigenvalues [k] on S.
+            steps: number of steps.
+
+        Returns (quadratic-model alignment loss ½ Σ λ_i (v_iᵀδ_n)², true alignment excess A(θ0 + δ_n) − A(θ0)):
         the first is what theory's series approximates; the second isolates the non-quadratic alignment loss,
         and its gap to the measured run is the drift of the fine-tune Hessian along the real trajectory.
         """
-        e, t = self.estimates, self.tasks
-        ft_hvp = hvp_operator(self.net, self.theta0, t.x_finetune, self.ft_targets)
-        g0 = torch.as_tensor(e.g0, dtype=DTYPE)
-        U, lam = torch.as_tensor(e.U, dtype=DTYPE), torch.as_tensor(e.lam, dtype=DTYPE)
+        t, ft_hvp, g0 = self.tasks, self.finetune_hvp(), self.finetune_gradient()
+        basis, lam = basis.to(DTYPE), lam.to(DTYPE)
         delta = torch.zeros_like(g0)
         quad, true = [0.0], [0.0]
         with torch.no_grad():
             for _ in range(steps):
                 delta = delta - self.lr * (g0 + ft_hvp(delta))
-                coords = U.T @ delta
+                coords = basis @ delta
                 quad.append(float(0.5 * torch.sum(lam * coords**2)))
                 true.append(float(mse(self.net, self.theta0 + delta, t.x_align, t.y_align) - self.align0))
         return np.array(quad), np.array(true)
-
-    def measure(self) -> tuple[float, Tensor]:
-        return float(self.alignment_excess()), self.net.flat() - self.theta0
-
-    def subspace_basis(self) -> Tensor:
-        return torch.as_tensor(self.estimates.U, dtype=DTYPE)
-
-    def predicted_alignment_loss(self, steps: np.ndarray) -> np.ndarray | None:
-        e = self.estimates
-        return predict_alignment_loss_gd(e.lam, e.U, e.hvp, e.g0, self.lr, steps, order=self.theory_order)
 
 
 class _FullBatch(Dataset):
@@ -444,15 +336,16 @@ class NeuralToyData(TestbedDataModule):
     def probe_batch(self) -> Tensor:
         return self.tasks().probe
 
+    def safety_batch(self) -> dict[str, Tensor]:
+        """The alignment task {x [n_align, D], y [n_align]}: the safety set of the curvature account."""
+        return {"x": self._tasks.x_align, "y": self._tasks.y_align}
+
 
 __all__ = [
-    "Operator",
-    "lanczos_top",
     "FlatMLP",
     "mse",
     "hvp_operator",
     "fit_to_minimum",
-    "AICEstimates",
     "NeuralToy",
     "NeuralToyData",
 ]

@@ -9,27 +9,33 @@ alignment subspace S, rank k; V its complement):
 D_S, D_⊥ are diagonal with eigenvalues log-spaced over ``ft_spectrum``; C is a fixed random k×(d−k) block with
 spectral norm 1, so ``coupling`` c is the size of the curvature coupling between S and its complement; g0 has norm
 ``grad_norm`` and a fraction ε = ``orthogonality_violation`` (the sine of its angle to the complement) inside S.
-The trainer minimises F with plain SGD on a constant batch, i.e. exact gradient descent δ_{n+1} = δ_n − η(g0 + Hδ_n);
-A is measured after every step and set beside :func:`theory.quartic.predict_alignment_loss_gd`.
+The trainer minimises F with plain SGD on a constant batch, i.e. exact gradient descent δ_{n+1} = δ_n − η(g0 + Hδ_n).
+
+*Safety set, through the probe protocol.* ``QuadraticData.safety_batch()`` gives N ≥ d vectors w_j forming a tight
+frame, (1/N) Σ_j w_j w_jᵀ = I. The per-example safety score is s_j(θ) = √λ w_jᵀ U Uᵀ θ and the safety loss
+ℓ_j = ½ s_j², so the safety loss u = mean_j ℓ_j equals A exactly and the Fisher of the scores,
+(1/N) Σ_j ∇s_j ∇s_jᵀ = λ U Uᵀ, has S as its top-k eigenspace with eigenvalue λ: the shared curvature layer
+(``testbed.interventions.CurvatureMonitor``) measures A, S, λ and the quartic fit from the model, and ``U`` and
+``sharpness`` are the exact answers to check it against.
 
 AIC regimes: ε = 0 and c ≠ 0 → A ∝ t⁴ with coefficient ∝ λc²; ε > 0 → A ∝ t²; c = 0 and ε = 0 → A stays 0.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from testbed.errors import ConfigError
-from testbed.protocol import HookPoint, TestbedDataModule
+from testbed.protocol import HookPoint, TestbedDataModule, TestbedModule
 from testbed.step_log import log_at_step
 from testbed.tags import TASK_TRAIN, TASK_VAL, THEORY, tag
 from theory.aic import AICReport, check_aic
-from theory.quartic import leading_coefficient, predict_alignment_loss_gd
-from toy_models.geometry import MonitoredToy
+from theory.quartic import leading_coefficient
 
 DTYPE = torch.float64
 
@@ -72,7 +78,7 @@ def build_landscape(
     return rot[:, :rank], H, grad_norm * (rot @ coords)
 
 
-class QuadraticToy(MonitoredToy):
+class QuadraticToy(TestbedModule):
     """Quadratic fine-tune landscape with a sharp low-rank alignment subspace (knobs for every AIC condition).
 
     Args:
@@ -85,9 +91,7 @@ class QuadraticToy(MonitoredToy):
         grad_norm: ‖g0‖ (> 0).
         lr: step size η of gradient descent (> 0 and η·max|eig H| < 2 so GD is stable).
         landscape_seed: seed of the random basis, coupling block and g0 (independent of ``seed_everything``).
-        fit_window: early window [start, end] in steps over which the log-log exponent is fitted.
-        theory_order: number of series terms in theory's GD prediction (2 = leading law plus its correction).
-        init_from: optional weights to start from; the theory prediction assumes the start θ0 = 0.
+        init_from: optional weights to start from; the exact AIC check assumes the start θ0 = 0.
     """
 
     def __init__(
@@ -101,12 +105,10 @@ class QuadraticToy(MonitoredToy):
         grad_norm: float = 1.0,
         lr: float = 1e-3,
         landscape_seed: int = 0,
-        fit_window: tuple[int, int] = (20, 200),
-        theory_order: int = 2,
         init_from: str | None = None,
     ) -> None:
-        super().__init__(fit_window=fit_window, init_from=init_from)
-        _check_knobs(dim, rank, sharpness, coupling, orthogonality_violation, ft_spectrum, grad_norm, lr, theory_order)
+        super().__init__(init_from)
+        _check_knobs(dim, rank, sharpness, coupling, orthogonality_violation, ft_spectrum, grad_norm, lr)
         self.save_hyperparameters()
         U, H, g0 = build_landscape(
             dim, rank, coupling, orthogonality_violation, tuple(ft_spectrum), grad_norm, landscape_seed
@@ -117,7 +119,6 @@ class QuadraticToy(MonitoredToy):
                 f"lr={lr:g} is too large: lr * max|eig(H)| = {lr * top:.3g} >= 2, gradient descent diverges"
             )
         self.dim, self.rank, self.sharpness, self.lr = dim, rank, float(sharpness), float(lr)
-        self.theory_order = theory_order
         self.aic: AICReport | None = None
         self.register_buffer("U", torch.tensor(U, dtype=DTYPE), persistent=False)
         self.register_buffer("H", torch.tensor(H, dtype=DTYPE), persistent=False)
@@ -137,6 +138,20 @@ class QuadraticToy(MonitoredToy):
         theta = self.theta if theta is None else theta
         coords = self.U.T @ theta
         return 0.5 * self.sharpness * coords @ coords
+
+    # ---- the curvature account's protocol: safety examples w_j (a tight frame), s_j = √λ w_jᵀ U Uᵀ θ ---------------
+    def fisher_scores(self, batch: Tensor) -> Tensor:
+        """s_j = √λ w_jᵀ P_S θ for the frame vectors ``batch`` [N, d] (gradients √λ P_S w_j: Fisher λ U Uᵀ)."""
+        w = batch.to(DTYPE)
+        return math.sqrt(self.sharpness) * (w @ self.U) @ (self.U.T @ self.theta)
+
+    def safety_losses(self, batch: Tensor) -> Tensor:
+        """ℓ_j = ½ s_j²; their mean is A(θ) exactly when the frame is tight."""
+        return 0.5 * self.fisher_scores(batch) ** 2
+
+    def task_loss(self, batch: object) -> Tensor:
+        """F(θ) (the batch carries no data)."""
+        return self.finetune_loss()
 
     # ---- probe protocol ---------------------------------------------------------------------------
     def forward_probe(self, batch: Tensor) -> Tensor:
@@ -174,7 +189,6 @@ class QuadraticToy(MonitoredToy):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
     def on_fit_start(self) -> None:
-        super().on_fit_start()
         lam, U, H, g0 = self.sharpness, self.U.numpy(), self.H.numpy(), self.g0.numpy()
         self.aic = check_aic(lam, U, H, g0, eta=self.lr)
         constants = {tag(THEORY, "c4"): leading_coefficient(lam, U, H, g0)}
@@ -186,21 +200,6 @@ class QuadraticToy(MonitoredToy):
             exponent = "none (A ≡ 0)" if self.aic.exponent is None else self.aic.exponent
             print(f"QuadraticToy: AIC conditions {held}; theory's leading exponent {exponent}", flush=True)
 
-    # ---- measurements -----------------------------------------------------------------------------
-    def measure(self) -> tuple[float, Tensor]:
-        return float(self.alignment_loss()), self.theta.detach()
-
-    def subspace_basis(self) -> Tensor:
-        return self.U
-
-    def predicted_alignment_loss(self, steps: np.ndarray) -> np.ndarray | None:
-        if torch.any(self.theta != 0):
-            rank_zero_warn("QuadraticToy starts away from θ0 = 0 (init_from): no theory prediction is logged")
-            return None
-        return predict_alignment_loss_gd(
-            self.sharpness, self.U.numpy(), self.H.numpy(), self.g0.numpy(), self.lr, steps, order=self.theory_order
-        )
-
 
 def _check_knobs(
     dim: int,
@@ -211,7 +210,6 @@ def _check_knobs(
     ft_spectrum: tuple[float, float],
     grad_norm: float,
     lr: float,
-    theory_order: int,
 ) -> None:
     """Raise one ConfigError naming the first impossible knob."""
     if dim < 2:
@@ -230,28 +228,31 @@ def _check_knobs(
         raise ConfigError(f"grad_norm must be positive, got {grad_norm}")
     if not lr > 0:
         raise ConfigError(f"lr must be positive, got {lr}")
-    if theory_order < 1:
-        raise ConfigError(f"theory_order must be >= 1, got {theory_order}")
 
 
 class QuadraticData(TestbedDataModule):
-    """Trivial data for the quadratic toy: a constant batch per step, and fixed Gaussian probe inputs.
+    """Trivial data for the quadratic toy: a constant batch per step, fixed Gaussian probe inputs, and the safety set.
 
     Args:
         dim: width of the probe inputs (must equal the model's ``dim``).
         probe_size: number of probe inputs.
-        probe_seed: seed of the probe inputs.
+        probe_seed: seed of the probe inputs (and of the safety frame).
         epoch_length: steps per epoch (the batch carries no data; a long epoch avoids per-epoch overhead).
+        safety_size: N, the number of safety examples: a tight frame of N >= dim vectors (see the module docstring).
     """
 
-    def __init__(self, dim: int = 32, probe_size: int = 8, probe_seed: int = 0, epoch_length: int = 10_000) -> None:
+    def __init__(self, dim: int = 32, probe_size: int = 8, probe_seed: int = 0, epoch_length: int = 10_000,
+                 safety_size: int = 64) -> None:  # fmt: skip
         super().__init__()
         if dim < 2 or probe_size < 1 or epoch_length < 1:
             raise ConfigError(
                 f"QuadraticData needs dim >= 2, probe_size >= 1, epoch_length >= 1 (got {dim}, "
                 f"{probe_size}, {epoch_length})"
             )
+        if safety_size < dim:
+            raise ConfigError(f"safety_size={safety_size} must be >= dim={dim} (the safety vectors form a tight frame)")
         self.dim, self.probe_size, self.probe_seed, self.epoch_length = dim, probe_size, probe_seed, epoch_length
+        self.safety_size = safety_size
 
     def _loader(self, length: int) -> DataLoader:
         return DataLoader(TensorDataset(torch.zeros(length, 1)), batch_size=1)
@@ -268,6 +269,12 @@ class QuadraticData(TestbedDataModule):
     def probe_batch(self) -> Tensor:
         gen = torch.Generator().manual_seed(self.probe_seed)
         return torch.randn(self.probe_size, self.dim, generator=gen, dtype=DTYPE)
+
+    def safety_batch(self) -> Tensor:
+        """N frame vectors w_j [N, dim]: √N times ``dim`` orthonormal columns, so (1/N) Σ_j w_j w_jᵀ = I."""
+        gen = torch.Generator().manual_seed(self.probe_seed + 1)
+        q, _ = torch.linalg.qr(torch.randn(self.safety_size, self.dim, generator=gen, dtype=DTYPE))
+        return math.sqrt(self.safety_size) * q
 
 
 __all__ = [

@@ -6,15 +6,16 @@
         (with one seed, --seeds 0, the matched null is left out: it is built from the other seeds)
     python experiments/bench/llm.py --part study --from runs/llm_safety          # times of a study already run
     python experiments/bench/llm.py --part tokens   # tokens/s: plain vs monitor + update projection (safety world)
-    python experiments/bench/llm.py --part lora     # LoRA fine-tune of the largest Llama that fits (GPU), ± blocking
+    python experiments/bench/llm.py --part lora     # LoRA fine-tune of the largest recipe that fits (GPU), ± blocking
 
 Figures are printed with the machine's load average (the CPU may be shared) and the CPU time of the process and
 its children. On a shared machine run with one thread per process (``OMP_NUM_THREADS=1``): with two threads on two
 busy cores the study ran about 9x slower in wall time (one GPT-2 seed, every arm: 1272 s at load 7 with 2 threads,
-137 s at load 2-3 with 1 thread), and spinning threads inflate the CPU time too. On CPU, ``--part lora`` runs a
-tiny ladder to exercise the code path; on a CUDA device it builds randomly initialised Llama configurations (no
-download) from large to small, keeps the largest that trains without running out of memory, and measures LoRA
-fine-tuning tokens/s in bf16.
+137 s at load 2-3 with 1 thread), and spinning threads inflate the CPU time too. On CPU, ``--part lora`` runs a tiny
+model with a recipe's settings to exercise the code path; on a CUDA device it builds the recipes' architectures
+(experiments/recipes/; randomly initialised, no download) from large to small, keeps the largest that trains without
+running out of memory, and measures LoRA fine-tuning tokens/s with that recipe's settings (bf16, LoRA, batch, length,
+gradient checkpointing): plain vs monitor vs monitor + update projection.
 """
 
 from __future__ import annotations
@@ -192,11 +193,21 @@ def bench_tokens(steps: int = 40) -> None:
             print(f"  {name:<32} {rate:9.0f} tokens/s  ({timer.seconds:.1f} s; {rate / baseline:.2f}× plain)")
 
 
-# ---- part 3: LoRA on the largest model that fits ----------------------------------------------------------------
+# ---- part 3: LoRA on the largest recipe that fits -----------------------------------------------------------------
+# The recipes' architectures (experiments/recipes/), largest first, as randomly initialised Llama-layout models (no
+# download; the Qwen models' attention biases and q/k norms are left out, which does not change the cost much):
+# (recipe, hidden, layers, heads, kv heads, intermediate, vocabulary).
+RECIPE_ARCHS = [
+    ("llama31_8b", 4096, 32, 32, 8, 14336, 128256), ("llama32_3b", 3072, 28, 24, 8, 8192, 128256),
+    ("qwen25_3b", 2048, 36, 16, 2, 11008, 151936), ("qwen3_1_7b", 2048, 28, 16, 8, 6144, 151936),
+]  # fmt: skip
+CPU_ARCH = ("llama32_3b", 64, 2, 4, 2, 128, 512)  # CPU: a tiny model with the recipe's settings (code path only)
+
+
 class RandomTokens(TestbedDataModule):
     """Random token sequences of fixed length: LM loss on the second half (the 'response')."""
 
-    def __init__(self, vocab: int, length: int, batch_size: int, n: int = 4096) -> None:
+    def __init__(self, vocab: int, length: int, batch_size: int, n: int = 1024) -> None:
         super().__init__()
         self.vocab, self.length, self.batch_size, self.n = vocab, length, batch_size, n
         g = torch.Generator().manual_seed(0)
@@ -216,50 +227,60 @@ class RandomTokens(TestbedDataModule):
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def _llama(hidden: int, layers: int, heads: int, kv: int, inter: int, vocab: int, lora: dict) -> CausalLMModule:
-    cfg = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-           "num_key_value_heads": kv, "intermediate_size": inter, "max_position_embeddings": 4096}  # fmt: skip
-    return CausalLMModule(model="llama", model_config=cfg, vocab_size=vocab, lora=lora,
-                          optimizer=OptimizerSettings(lr=1e-4))
+def recipe_settings(name: str) -> dict[str, Any]:
+    """The recipe's LoRA, optimizer, gradient checkpointing, batch size, sequence length and precision."""
+    recipe = yaml.safe_load((REPO / "experiments/recipes" / f"{name}.yaml").read_text())
+    model, data = recipe["model"]["init_args"], recipe["data"]["init_args"]
+    return {"lora": model["lora"], "optimizer": model["optimizer"], "checkpointing": model["gradient_checkpointing"],
+            "batch": data["batch_size"], "length": data["max_length"], "precision": recipe["trainer"]["precision"]}
 
 
-def bench_lora(steps: int = 10) -> None:
+def _recipe_model(arch: tuple, settings: dict[str, Any]) -> CausalLMModule:
+    _, hidden, layers, heads, kv, inter, vocab = arch
+    cfg = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
+           "intermediate_size": inter, "max_position_embeddings": max(4096, settings["length"])}  # fmt: skip
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        return CausalLMModule(model="llama", model_config=cfg, vocab_size=vocab, lora=settings["lora"],
+                              optimizer=OptimizerSettings(**settings["optimizer"]),
+                              gradient_checkpointing=settings["checkpointing"])  # fmt: skip
+
+
+def bench_lora(steps: int = 10) -> dict[str, Any]:
+    """Tokens/s of the largest recipe that fits (GPU) or of a tiny model with a recipe's settings (CPU)."""
     cuda = torch.cuda.is_available()
-    ladder = LADDER_GPU if cuda else LADDER_CPU
-    vocab, length, batch = (32000, 512, 8) if cuda else (512, 64, 4)
-    lora = {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
-    kwargs: dict[str, Any] = {"accelerator": "gpu", "devices": 1, "precision": "bf16-true"} if cuda else {}
-    device = torch.cuda.get_device_name(0) if cuda else "CPU (no CUDA device: a tiny ladder exercises the code path)"
-    print(f"LoRA fine-tune tokens/s on {device}, seq {length}, batch {batch}, r={lora['r']}, load average {load()}")
-    data = RandomTokens(vocab, length, batch)
-    for dims in ladder:
-        module = None
+    ladder = RECIPE_ARCHS if cuda else [CPU_ARCH]
+    device = torch.cuda.get_device_name(0) if cuda else "CPU (no CUDA device: a tiny model exercises the code path)"
+    for arch in ladder:
+        settings = recipe_settings(arch[0])
+        length, batch = (settings["length"], settings["batch"]) if cuda else (64, 4)
+        kwargs: dict[str, Any] = {}
+        if cuda:
+            kwargs = {"accelerator": "gpu", "devices": 1, "precision": settings["precision"]}
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                module = _llama(*dims, vocab, lora)
-                n_params = sum(p.numel() for p in module.parameters())
+                module = _recipe_model(arch, settings)
                 if cuda:
                     module = module.to(torch.bfloat16)
-                layer = f"blocks.{dims[1] - 1}.resid_post"
-                mod_dev = module.cuda() if cuda else module
-                direction = _direction_file(mod_dev, data, [layer], Path(tmp) / "v.pt")
+                n_params = sum(p.numel() for p in module.parameters())
+                data = RandomTokens(arch[-1], length, batch)
+                direction = _direction_file(module, data, [f"blocks.{arch[2] // 2}.resid_post"], Path(tmp) / "v.pt")
                 _fit(module, data, 2, [], **kwargs)  # warm-up (allocator, kernels)
-                results = {}
-                for name, callbacks in _arms(direction).items():
-                    timer = _fit(module, data, steps, callbacks, **kwargs)
-                    results[name] = timer.tokens / timer.seconds
+                rates = {name: (lambda t: t.tokens / t.seconds)(_fit(module, data, steps, callbacks, **kwargs))
+                         for name, callbacks in _arms(direction).items()}  # fmt: skip
                 peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         except torch.cuda.OutOfMemoryError:
-            print(f"  llama hidden={dims[0]} layers={dims[1]}: out of memory, trying a smaller one")
+            print(f"  {arch[0]}: out of memory, trying the next recipe")
             module = None
             torch.cuda.empty_cache()
             continue
-        print(f"  largest that fits: llama hidden={dims[0]} layers={dims[1]} ({n_params / 1e6:.1f} M params), "
-              f"peak {peak:.1f} GiB")  # fmt: skip
-        for name, rate in results.items():
-            print(f"  {name:<32} {rate:9.0f} tokens/s  ({rate / results['plain']:.2f}× plain)")
-        return
-    print("  no model of the ladder fits")
+        print(f"LoRA fine-tune tokens/s on {device}: recipe {arch[0]} ({n_params / 1e9:.2f} B params, r="
+              f"{settings['lora']['r']}, batch {batch} x {length}, {kwargs.get('precision', '32-true')}, gradient "
+              f"checkpointing {settings['checkpointing']}), peak {peak:.1f} GiB, load average {load()}")  # fmt: skip
+        for name, rate in rates.items():
+            print(f"  {name:<32} {rate:9.0f} tokens/s  ({rate / rates['plain']:.2f}x plain)")
+        return {"recipe": arch[0], "params": n_params, "peak_gib": peak, "tokens_per_s": rates}
+    print("  no recipe fits this device")
+    return {}
 
 
 def main() -> None:

@@ -2,9 +2,10 @@
 
     python -m experiments.bench.toys [--steps 300]
 
-Steps/s are measured through a Lightning ``Trainer.fit`` with per-step logging to TensorBoard (what a run does),
-after one warm-up fit, from the end of the first step to the end of training; the time to the first step (setup,
-the neural toy's alignment fit and AIC estimates) is printed beside it. The quartic wall time runs
+Steps/s are measured through a Lightning ``Trainer.fit`` with per-step logging to TensorBoard and the shared
+``CurvatureMonitor`` measuring every step (what the toys' configs do), after one warm-up fit, from the end of the first
+step to the end of training; the time to the first step (setup, the neural toy's alignment fit, the subspace and the
+AIC diagnostics) is printed beside it. The quartic wall time runs
 ``python -m testbed fit --config experiments/toy_regimes/quartic.yaml`` as a subprocess, imports included.
 """
 
@@ -21,6 +22,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from experiments.inprocess import quiet
+from testbed.interventions import CurvatureMonitor
 from toy_models.neural import NeuralToy, NeuralToyData
 from toy_models.quadratic import QuadraticData, QuadraticToy
 
@@ -43,8 +45,8 @@ class _LoopTimer(pl.Callback):
         self.end = time.perf_counter()
 
 
-def steps_per_second(make_model, make_data, steps: int, workdir: str) -> tuple[float, float]:
-    """Fit ``steps`` optimizer steps with per-step TensorBoard logging.
+def steps_per_second(make_model, make_data, steps: int, workdir: str, d: int) -> tuple[float, float]:
+    """Fit ``steps`` optimizer steps with per-step TensorBoard logging and a d-dimensional curvature monitor.
 
     Returns:
         (steps/s of the training loop after the first step, seconds from ``fit`` to the first step: setup,
@@ -60,7 +62,7 @@ def steps_per_second(make_model, make_data, steps: int, workdir: str) -> tuple[f
         num_sanity_val_steps=0,
         limit_val_batches=0,
         logger=TensorBoardLogger(workdir, name="bench"),
-        callbacks=[timer],
+        callbacks=[CurvatureMonitor({"d": d}, every_n_steps=1, fit_window=(2, steps), theory_order=2), timer],
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
@@ -83,16 +85,15 @@ def main() -> None:
     args = parser.parse_args()
     quiet()
     with tempfile.TemporaryDirectory() as tmp:
-        quad = lambda: QuadraticToy(fit_window=(20, args.steps))  # noqa: E731
-        neural = lambda: NeuralToy(fit_window=(10, args.steps))  # noqa: E731
-        steps_per_second(quad, QuadraticData, 20, tmp)  # warm-up (lazy imports, TensorBoard writer)
-        q, q_setup = steps_per_second(quad, QuadraticData, args.steps, tmp)
-        n, n_setup = steps_per_second(neural, NeuralToyData, args.steps, tmp)
+        steps_per_second(QuadraticToy, QuadraticData, 20, tmp, d=4)  # warm-up (lazy imports, TensorBoard writer)
+        q, q_setup = steps_per_second(QuadraticToy, QuadraticData, args.steps, tmp, d=4)
+        n, n_setup = steps_per_second(NeuralToy, NeuralToyData, args.steps, tmp, d=7)
         wall = quartic_wall_time(tmp)
-    print(f"quadratic toy (d=32, k=4): {q:.0f} steps/s with per-step logging; {q_setup:.2f} s to the first step")
+    print(f"quadratic toy (d=32, k=4): {q:.0f} steps/s with per-step logging and the curvature monitor; "
+          f"{q_setup:.2f} s to the first step")  # fmt: skip
     print(
-        f"neural toy (MLP 8-16-16-1, 433 params): {n:.0f} steps/s with per-step logging; {n_setup:.2f} s to the first "
-        "step (alignment fit, Lanczos, theory prediction)"
+        f"neural toy (MLP 8-16-16-1, 433 params): {n:.0f} steps/s with per-step logging and the curvature monitor; "
+        f"{n_setup:.2f} s to the first step (alignment fit, subspace, AIC diagnostics, theory series)"
     )
     print(f"python -m testbed fit --config experiments/toy_regimes/quartic.yaml: {wall:.1f} s wall (limit 30 s)")
 

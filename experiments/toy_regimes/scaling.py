@@ -4,8 +4,9 @@
 
 Each point is ``python -m testbed fit --config experiments/toy_regimes/quartic.yaml`` (in-process) with λ and c
 overridden.
-The measured coefficient C = exp(mean(log A_n − 4 log n)) over the fit window is regressed as
-log C = a log λ + b log c + const; theory predicts a = 1, b = 2 (A ≈ (λ/8)‖P_S H g0‖² t⁴ with P_S H g0 ∝ c).
+The measured coefficient C = exp(mean(log Δu_n − 4 log n)) over the fit window (Δu from the shared curvature
+monitor) is regressed as log C = a log λ + b log c + const; theory predicts a = 1, b = 2 (A ≈ (λ/8)‖P_S H g0‖² t⁴
+with P_S H g0 ∝ c).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.inprocess import fit, quartic_coefficient, quiet
+from experiments.inprocess import curvature_monitor, fit, quartic_coefficient, quiet
 
 CONFIG = Path(__file__).resolve().parent / "quartic.yaml"
 
@@ -34,15 +35,15 @@ def sweep(
                 "--trainer.logger.init_args.name", "quartic_sweep",
                 "--trainer.logger.init_args.version", f"lam={lam:g}/c={c:g}",
             ]  # fmt: skip
-            model = fit([config], overrides, save_dir=save_dir)
-            s = model.fit_summary
+            monitor = curvature_monitor(fit([config], overrides, save_dir=save_dir))
+            s = monitor.summary()
             rows.append(
                 {
                     "sharpness": lam,
                     "coupling": c,
-                    "coefficient": quartic_coefficient(model),
-                    "exponent": s.exponent,
-                    "ratio": s.coefficient_ratio,
+                    "coefficient": quartic_coefficient(monitor),
+                    "exponent": s["curvature/exponent"],
+                    "ratio": s["curvature/coefficient_ratio"],
                 }
             )
     return rows

@@ -4,6 +4,11 @@ Blockers and curvature estimates treat the trainable parameters θ = (p_1, …, 
 P = Σ numel(p_i). These helpers move between the per-parameter tensors and that vector, in a working precision
 that is float64 when any parameter is float64 and float32 otherwise (bf16/fp16 parameters are widened), and
 orthonormalise small sets of such vectors.
+
+Sharded parameters (FSDP2 ``DTensor``s) contribute their local slice, so on each process a flat vector holds that
+process's slices; ``flat_dot``, ``flat_norm``, ``flat_matvec`` and ``orthonormal_rows`` take the parameters the
+vectors live ``over`` and then sum their partial inner products across processes (``testbed.sharding``). Linear
+combinations need no communication. Without ``over`` (or for plain tensors, one process or DDP) nothing is reduced.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from testbed.errors import ConfigError
+from testbed.sharding import all_reduce_sum, local
 
 __all__ = [
     "trainable_parameters",
@@ -21,6 +27,9 @@ __all__ = [
     "flatten",
     "unflatten",
     "add_to_grads",
+    "flat_dot",
+    "flat_norm",
+    "flat_matvec",
     "orthonormal_rows",
 ]
 
@@ -40,20 +49,22 @@ def work_dtype(params: Sequence[Tensor]) -> torch.dtype:
 
 
 def flatten(tensors: Sequence[Tensor | None], like: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
-    """One detached vector ``[P]`` of ``tensors`` (``None`` entries are zeros shaped like ``like``)."""
+    """One detached vector ``[P]`` of ``tensors`` (``None`` entries are zeros shaped like ``like``; local slices)."""
     dtype = dtype or work_dtype(like)
     return torch.cat(
         [
-            torch.zeros(p.numel(), dtype=dtype, device=p.device) if t is None else t.detach().reshape(-1).to(dtype)
+            torch.zeros(local(p).numel(), dtype=dtype, device=p.device)
+            if t is None
+            else local(t).detach().reshape(-1).to(dtype)
             for t, p in zip(tensors, like, strict=True)
         ]
     )
 
 
 def unflatten(flat: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
-    """Views of ``flat`` shaped like each of ``params`` (the inverse of ``flatten``)."""
+    """Views of ``flat`` shaped like each of ``params``' local parts (the inverse of ``flatten``)."""
     out, start = [], 0
-    for p in params:
+    for p in map(local, params):
         out.append(flat[start : start + p.numel()].view_as(p))
         start += p.numel()
     return out
@@ -68,26 +79,42 @@ def add_to_grads(params: Sequence[nn.Parameter], grads: Sequence[Tensor | None])
             if p.grad is None:
                 p.grad = g.detach().to(p.dtype).clone()
             else:
-                p.grad.add_(g.detach().to(p.grad.dtype))
+                local(p.grad).add_(g.detach().to(p.grad.dtype))
 
 
-def orthonormal_rows(rows: Sequence[Tensor] | Tensor, eps: float = 1e-12) -> Tensor:
+def flat_dot(a: Tensor, b: Tensor, over: Sequence[Tensor] = ()) -> Tensor:
+    """<a, b> of two flat vectors over the parameters ``over`` (summed across processes where they are sharded)."""
+    return all_reduce_sum(torch.dot(a, b), over)
+
+
+def flat_norm(a: Tensor, over: Sequence[Tensor] = ()) -> Tensor:
+    """‖a‖ of a flat vector over the parameters ``over``."""
+    return flat_dot(a, a, over).sqrt()
+
+
+def flat_matvec(rows: Tensor, vec: Tensor, over: Sequence[Tensor] = ()) -> Tensor:
+    """``rows @ vec`` (``[k]``) for flat rows ``[k, P]`` and a flat vector ``[P]`` over the parameters ``over``."""
+    return all_reduce_sum(rows @ vec, over)
+
+
+def orthonormal_rows(rows: Sequence[Tensor] | Tensor, eps: float = 1e-12, over: Sequence[Tensor] = ()) -> Tensor:
     """Orthonormal basis ``[k', P]`` of the span of ``rows`` (in their dtype); rows adding no new direction are dropped.
 
-    One row is just normalised; several go through Gram-Schmidt twice in float64 (for stability).
+    One row is just normalised; several go through Gram-Schmidt twice in float64 (for stability). ``over``: the
+    parameters the rows live over, when they may be sharded.
     """
     rows = list(rows)
     if len(rows) == 1:
-        norm = rows[0].norm()
+        norm = flat_norm(rows[0], over)
         return (rows[0] / norm).unsqueeze(0) if norm > 0 else rows[0].new_zeros(0, rows[0].numel())
     basis: list[Tensor] = []
     for row in rows:
         vec = row.double()
         for _ in range(2):
             for q in basis:
-                vec = vec - torch.dot(q, vec) * q
-        norm = vec.norm()
-        if norm > eps * max(1.0, float(row.double().norm())):
+                vec = vec - flat_dot(q, vec, over) * q
+        norm = flat_norm(vec, over)
+        if norm > eps * max(1.0, float(flat_norm(row.double(), over))):
             basis.append(vec / norm)
     if not basis:
         return rows[0].new_zeros(0, rows[0].numel())

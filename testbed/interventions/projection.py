@@ -19,6 +19,10 @@ One-sided: only the constraints that δ moves toward the witness (J·Δθ > 0, o
 held, by a small active-set loop (exact for one row or mutually orthogonal rows). A constraint set whose rank drops
 to zero (a zero Jacobian: the probed layers do not depend on the trainable parameters) removes nothing; the blocker
 then warns once and logs ``intervention/constraint_rank`` = 0 instead of silently acting as a plain arm.
+
+Under FSDP2 the vectors hold each process's parameter slices: J is taken by an ordinary backward pass
+(``testbed.sharding.backward_grads``) and inner products (J δ, G = J Jᵀ, norms) are summed across processes
+(``testbed.interventions.flat``).
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ from torch import Tensor, nn
 
 from testbed.errors import ConfigError, one_of, positive_int
 from testbed.interventions.base import DirectionCallback, DirectionSource
-from testbed.interventions.flat import flatten, trainable_parameters, unflatten
+from testbed.interventions.flat import flat_matvec, flat_norm, flatten, trainable_parameters, unflatten
 from testbed.probes import ProbeSet, map_batch
 from testbed.protocol import TestbedModule
+from testbed.sharding import all_reduce_sum, backward_grads, is_sharded, local
 from testbed.step_log import log_at_step, logging_due
+from testbed.strategies import FULL_PARAMETERS
 from testbed.tags import INTERVENTION, tag
 
 __all__ = ["ProjectionSettings", "UpdateProjectionBlocker", "GradientProjectionBlocker", "probe_groups"]
@@ -108,6 +114,7 @@ class _JacobianProjection(DirectionCallback):
         self._gram_pinv: Tensor | None = None  # [k, k] float64
         self._rank = 0
         self._warned = False
+        self._over: list[Tensor] = []  # the parameters when J holds this process's slices (FSDP2), else none
         self._logs: dict[str, Any] = {}
 
     def refresh(self, module: TestbedModule, step: int) -> None:
@@ -115,8 +122,13 @@ class _JacobianProjection(DirectionCallback):
         if self.jacobians is not None and step % self.settings.every_n_steps != 0:
             return
         params = trainable_parameters(module)
+        self._over = list(params) if is_sharded(params) else []
         rows = []
         for group in self.groups:
+            if self._over:  # one forward and ordinary backward per row (FSDP2 gathers and reduce-scatters)
+                rows.extend(flatten(backward_grads(lambda g=group, k=layer: self.along(module, True, g)[k], params),
+                                    params) for layer in self.layers)  # fmt: skip
+                continue
             along = self.along(module, grad=True, probe=group)
             for i, layer in enumerate(self.layers):
                 if not along[layer].requires_grad:  # the layer does not depend on what trains: a zero row
@@ -131,7 +143,7 @@ class _JacobianProjection(DirectionCallback):
     def _factor(self, step: int) -> None:
         """G⁺ and the rank of the held rows; a rank of zero is said once."""
         jac = self.jacobians.double()
-        gram = jac @ jac.T
+        gram = all_reduce_sum(jac @ jac.T, self._over)
         self._gram_pinv = torch.linalg.pinv(gram, hermitian=True, rtol=RANK_TOLERANCE)
         top = float(torch.linalg.eigvalsh(gram).max()) if gram.numel() else 0.0
         self._rank = int(torch.linalg.matrix_rank(gram, hermitian=True, rtol=RANK_TOLERANCE)) if top > 0 else 0
@@ -145,8 +157,8 @@ class _JacobianProjection(DirectionCallback):
         """Jᵀ G⁺ J δ over all rows, or over the rows selected by the boolean mask ``rows``."""
         jac = self.jacobians if rows is None else self.jacobians[rows]
         pinv = self._gram_pinv if rows is None else torch.linalg.pinv(
-            (jac.double() @ jac.double().T), hermitian=True, rtol=RANK_TOLERANCE)
-        coeffs = pinv @ (jac.double() @ delta.double())
+            all_reduce_sum(jac.double() @ jac.double().T, self._over), hermitian=True, rtol=RANK_TOLERANCE)
+        coeffs = pinv @ flat_matvec(jac.double(), delta.double(), self._over)
         return (coeffs.to(jac.dtype) @ jac).to(delta.dtype)
 
     def project(self, delta: Tensor, sign: float) -> tuple[Tensor, Tensor]:
@@ -159,7 +171,8 @@ class _JacobianProjection(DirectionCallback):
         original, kept = delta, delta
         active = torch.zeros(self.jacobians.shape[0], dtype=torch.bool, device=delta.device)
         for _ in range(self.jacobians.shape[0]):
-            newly = (sign * (self.jacobians @ kept) > 1e-12 * max(1.0, float(kept.norm()))) & ~active
+            scale = max(1.0, float(flat_norm(kept, self._over)))
+            newly = (sign * flat_matvec(self.jacobians, kept, self._over) > 1e-12 * scale) & ~active
             if not bool(newly.any()):
                 break
             active |= newly
@@ -189,6 +202,8 @@ class _JacobianProjection(DirectionCallback):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
+        if self._over:  # one process's slices: a resumed run takes J afresh
+            return {**state, "jacobians": None}
         state["jacobians"] = None if self.jacobians is None else self.jacobians.cpu()
         return state
 
@@ -207,6 +222,8 @@ class UpdateProjectionBlocker(_JacobianProjection):
         direction: the direction to block (``random: true`` for the random-direction control).
         projection: one-sided blocking and the cost knobs for J.
     """
+
+    supported_strategies = FULL_PARAMETERS | {"fsdp2"}
 
     def __init__(self, direction: DirectionSource, projection: ProjectionSettings | None = None) -> None:
         super().__init__(direction, projection)
@@ -235,16 +252,16 @@ class UpdateProjectionBlocker(_JacobianProjection):
             return
         params = self._step_params
         delta = flatten(params, params, self._snapshot.dtype).sub_(self._snapshot)  # Δθ [P]
-        along_before = self.jacobians @ delta
+        along_before = flat_matvec(self.jacobians, delta, self._over)
         _, removed = self.project(delta, sign=1.0)
         for p, part in zip(params, unflatten(removed, params), strict=True):
-            p.sub_(part.to(p.dtype))  # θ ← θ_old + Δθ − removed
+            local(p).sub_(part.to(p.dtype))  # θ ← θ_old + Δθ − removed
         self._snapshot = None
-        removed_norm = removed.norm()
+        removed_norm = flat_norm(removed, self._over)
         # kept as tensors (no device sync); written in on_train_batch_end when logging is due
         self._logs = {
             tag(INTERVENTION, "update_removed_norm"): removed_norm,
-            tag(INTERVENTION, "update_removed_frac"): removed_norm / delta.norm().clamp_min(1e-30),
+            tag(INTERVENTION, "update_removed_frac"): removed_norm / flat_norm(delta, self._over).clamp_min(1e-30),
             tag(INTERVENTION, "update_along_vrev_before"): along_before.sum(),
         }
 

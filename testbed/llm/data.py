@@ -8,7 +8,9 @@ left-padded so that the last position is the last prompt token and ``generate`` 
 
 JSONL format (one JSON object per line, blank lines ignored, other keys ignored):
 - instruction data: ``{"prompt": "...", "response": "..."}``;
-- harmful-prompt sets: ``{"prompt": "..."}``.
+- harmful-prompt sets: ``{"prompt": "..."}``;
+- safety sets (the curvature account's ``safety_batch``): ``{"prompt": "...", "response": "..."}`` — harmful prompts
+  with refusals and benign prompts with helpful answers, as alignment taught them.
 A malformed line is a ``ConfigError`` naming ``file:line``.
 """
 
@@ -24,9 +26,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from testbed.errors import CheckpointError, ConfigError, as_settings, fraction
+from testbed.errors import ConfigError, as_settings, fraction
 from testbed.llm.models import IGNORE_INDEX
-from testbed.llm.tokenizer import build_word_tokenizer
+from testbed.llm.tokenizer import build_word_tokenizer, load_tokenizer
 from testbed.llm.world import ASSISTANT, USER, Example, SafetyWorld, WorldConfig, world_vocabulary
 from testbed.protocol import TestbedDataModule
 
@@ -39,21 +41,6 @@ WORLD_CHAT_TEMPLATE = (
 def world_tokenizer() -> Any:
     """The safety world's fast tokenizer, with its chat template."""
     return build_word_tokenizer(world_vocabulary(), chat_template=WORLD_CHAT_TEMPLATE)
-
-
-def load_tokenizer(path: str) -> Any:
-    """A tokenizer from a local folder (no network, no remote code)."""
-    from transformers import AutoTokenizer
-
-    if not Path(path).is_dir():
-        raise CheckpointError(f"tokenizer folder not found: {path}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    except Exception as exc:
-        raise CheckpointError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def format_prompt(tokenizer: Any, prompt: str, prompt_format: str = "{prompt}") -> str:
@@ -151,6 +138,7 @@ class InstructionDataModule(TestbedDataModule):
         self.probe_prompts: list[str] = []
         self.harmful_prompts: list[str] = []
         self.benign_prompts: list[str] = []
+        self.safety_examples: list[Example] = []
         self._prepared = False
 
     def prepare_examples(self) -> None:
@@ -191,6 +179,13 @@ class InstructionDataModule(TestbedDataModule):
         self._ensure()
         return prompt_batch(self.tokenizer, [self.format(p) for p in self.probe_prompts[: self.probe_size]])
 
+    def safety_batch(self) -> dict[str, Tensor]:
+        """The safety examples as one right-padded training batch (labels on the responses)."""
+        self._ensure()
+        if not self.safety_examples:
+            raise ConfigError(f"{type(self).__name__} has no safety examples: the curvature account needs a safety set")
+        return collate_training(self._encode(self.safety_examples), self.tokenizer.pad_token_id)
+
     def judge_prompts(self, which: Literal["harmful", "benign"] = "harmful") -> list[str]:
         """Formatted held-out prompts for the harmfulness judges (or benign ones, for over-refusal)."""
         self._ensure()
@@ -222,6 +217,8 @@ class SafetyWorldDataModule(InstructionDataModule):
         batch_size: training batch size.
         max_length: maximum tokens of prompt + response.
         probe_size: number of probe prompts.
+        safety_size: safety examples of the curvature account: the first harmful (refused) and benign (answered)
+            examples of the alignment corpus, half each — training families only, never the judges' held-out ones.
         rehearsal: safety rehearsal in the fine-tune phase (``Rehearsal``; ``{}`` mixes in the default 3%).
     """
 
@@ -233,9 +230,13 @@ class SafetyWorldDataModule(InstructionDataModule):
         batch_size: int = 32,
         max_length: int = 32,
         probe_size: int = 32,
+        safety_size: int = 64,
         rehearsal: Rehearsal | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, max_length=max_length, probe_size=probe_size)
+        if safety_size < 1:
+            raise ConfigError(f"safety_size must be >= 1, got {safety_size}")
+        self.safety_size = safety_size
         if phase not in ("pretrain", "align", "finetune"):
             raise ConfigError(f"phase must be pretrain, align or finetune, got {phase!r}")
         if probe_set not in ("train_harmful", "train_mixed"):
@@ -271,6 +272,10 @@ class SafetyWorldDataModule(InstructionDataModule):
         self.probe_prompts = [e.prompt for e in probes]
         self.harmful_prompts = [e.prompt for e in w.prompts("heldout_harmful")]
         self.benign_prompts = [e.prompt for e in w.prompts("heldout_benign")]
+        aligned = w.align()
+        harmful = [e for e in aligned if e.family.startswith("harmful/")][: self.safety_size // 2]
+        benign = [e for e in aligned if e.family.startswith("benign/")][: self.safety_size - len(harmful)]
+        self.safety_examples = harmful + benign
 
 
 class JsonlDataModule(InstructionDataModule):
@@ -288,17 +293,18 @@ class JsonlDataModule(InstructionDataModule):
         prompt_format: used when the tokenizer has no chat template.
         probe_size: number of probe prompts; default: up to 32 (all of them when the file has fewer). An explicit
             ``probe_size`` larger than the available probe prompts is an error.
+        safety_path: the safety set of the curvature account (prompt/response pairs); optional.
     """
 
     def __init__(self, train_path: str, val_path: str | None = None, harmful_path: str | None = None,
                  benign_path: str | None = None, probe_path: str | None = None, tokenizer_path: str | None = None,
                  batch_size: int = 8, max_length: int = 256, prompt_format: str = "{prompt}",
-                 probe_size: int | None = None) -> None:  # fmt: skip
+                 probe_size: int | None = None, safety_path: str | None = None) -> None:  # fmt: skip
         super().__init__(batch_size=batch_size, max_length=max_length, prompt_format=prompt_format,
                          probe_size=32 if probe_size is None else probe_size)  # fmt: skip
         self._probe_size_given = probe_size is not None
         self.paths = {"train": train_path, "val": val_path, "harmful": harmful_path, "benign": benign_path,
-                      "probe": probe_path}  # fmt: skip
+                      "probe": probe_path, "safety": safety_path}  # fmt: skip
         self.tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else world_tokenizer()
 
     def prepare_examples(self) -> None:
@@ -313,6 +319,7 @@ class JsonlDataModule(InstructionDataModule):
         self.val_examples = examples(self.paths["val"])
         self.harmful_prompts = prompts(self.paths["harmful"])
         self.benign_prompts = prompts(self.paths["benign"])
+        self.safety_examples = examples(self.paths["safety"])
         self.probe_prompts = (
             prompts(self.paths["probe"]) or self.harmful_prompts or [e.prompt for e in self.train_examples]
         )

@@ -2,14 +2,21 @@
 
 Nothing here downloads: a model is built from a built-in GPT-2 or Llama configuration (fields overridable) or
 loaded from a local folder (``local_files_only``, never ``trust_remote_code``), optionally wrapped with peft LoRA.
+The model's own structure answers the architecture questions, for any decoder family transformers knows:
+the decoder is ``get_decoder()`` (the language model inside a multimodal wrapper), its layers are the module list
+of decoder-layer blocks in it, the attention block is the layer's ``*Attention`` child, and LoRA's default targets
+are peft's per-architecture table (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``), else every linear map of
+the attention block; LoRA wraps modules of the decoder layers only.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel
 
@@ -22,7 +29,12 @@ __all__ = [
     "default_vocab_size",
     "build_model",
     "load_pretrained",
+    "loading_problems",
+    "base_model",
     "decoder_layers",
+    "attention_projections",
+    "context_length",
+    "lora_targets",
     "apply_lora",
     "position_ids",
     "lm_forward",
@@ -60,32 +72,81 @@ def build_model(kind: str, vocab_size: int, overrides: dict[str, Any] | None = N
     return AutoModelForCausalLM.from_config(config)
 
 
-def load_pretrained(path: str) -> PreTrainedModel:
-    """Load a local Hugging Face causal LM folder (no network, no remote code)."""
+def loading_problems(info: dict[str, Any]) -> str:
+    """The missing, unexpected and wrong-shape keys of a transformers ``loading_info`` ('' when it loaded whole)."""
+    parts = []
+    for label in ("missing", "unexpected", "mismatched"):
+        keys = sorted(str(k) for k in info.get(f"{label}_keys") or ())
+        if keys:
+            parts.append(f"{label} keys: {keys[:3]}{' ...' if len(keys) > 3 else ''} ({len(keys)})")
+    return "; ".join(parts)
+
+
+def load_pretrained(path: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """Load a local Hugging Face causal LM folder (no network, no remote code), in train mode.
+
+    The weights go through transformers' own key mapping (renamed and tied weights, multimodal wrappers); a folder
+    whose weights do not cover the model whole (missing, unexpected or wrong-shape keys) is refused.
+    """
     if not Path(path, "config.json").is_file():
         raise CheckpointError(f"pretrained_path {path} is not a Hugging Face model folder (no config.json)")
     try:
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, output_loading_info=True, dtype=dtype
+        )
     except Exception as exc:  # transformers raises OSError/ValueError/KeyError for unusable folders
-        raise CheckpointError(f"cannot load causal LM from {path}: {str(exc).splitlines()[0]}") from None
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise CheckpointError(f"cannot load causal LM from {path}: {message[:400]}") from None
+    problems = loading_problems(info)
+    if problems:
+        raise CheckpointError(f"cannot load causal LM from {path}: its weights do not fit the model ({problems})")
+    return model.train()  # from_pretrained returns eval mode, which would switch dropout off for a fine-tune
+
+
+def base_model(model: nn.Module) -> PreTrainedModel:
+    """The transformers model under a peft wrapper (or ``model`` itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layer list of a (possibly peft-wrapped) HF causal LM."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for path in ("transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers"):
-        mod: Any = base
-        for part in path.split("."):
-            mod = getattr(mod, part, None)
-            if mod is None:
-                break
-        if isinstance(mod, nn.ModuleList):
-            return mod
-    n = getattr(base.config, "num_hidden_layers", None)
-    for mod in base.modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n:
-            return mod
-    raise ConfigError(f"cannot find the decoder layers of {type(base).__name__}")
+    """The decoder layer list of a (possibly peft-wrapped) HF causal LM: the module list of decoder-layer blocks
+    inside ``get_decoder()`` (for a multimodal wrapper, its language model)."""
+    base = base_model(model)
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    decoder = decoder if isinstance(decoder, nn.Module) else base
+    n_layers = getattr(base.config.get_text_config(), "num_hidden_layers", None)
+    lists = [mod for mod in decoder.modules() if isinstance(mod, nn.ModuleList) and len(mod) > 0]
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        blocks = [mod for mod in lists if all(isinstance(layer, GradientCheckpointingLayer) for layer in mod)]
+    except ImportError:  # transformers before 4.52 has no common decoder-layer base class
+        blocks = []
+    blocks = blocks or [mod for mod in lists if len(mod) == n_layers]
+    if not blocks:
+        raise ConfigError(f"cannot find the decoder layers of {type(base).__name__}")
+    return blocks[0]
+
+
+def attention_projections(model: nn.Module) -> list[str]:
+    """Names (relative to the block) of the linear maps in the first decoder layer's attention block."""
+    from transformers.pytorch_utils import Conv1D
+
+    layer = decoder_layers(model)[0]
+    blocks = [child for child in layer.children() if type(child).__name__.endswith("Attention")]
+    if not blocks:
+        return []
+    return [name for name, mod in blocks[0].named_modules() if isinstance(mod, (nn.Linear, Conv1D))]
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The longest sequence the model's position embeddings allow (None: no stated limit, e.g. ALiBi)."""
+    config = base_model(model).config.get_text_config()
+    for field in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, field, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 @dataclass
@@ -95,7 +156,9 @@ class LoraSettings:
     Args:
         r: adapter rank (> 0).
         alpha: scaling numerator (scale = alpha / r); default: r.
-        target_modules: module names to wrap; default: every attention projection of the architecture.
+        target_modules: module names to wrap (peft's matching: a name or a dotted suffix); default: peft's table
+            for the architecture, else every linear map of the attention block (a warning names attention maps
+            the default leaves out; e.g. ``[q_proj, k_proj, v_proj, o_proj]`` covers a Llama's whole attention).
         dropout: dropout on the adapter input, in [0, 1).
     """
 
@@ -112,17 +175,40 @@ class LoraSettings:
             raise ConfigError("lora.target_modules must name at least one module (or be null for the default)")
 
 
+def lora_targets(model: PreTrainedModel, lora: LoraSettings) -> list[str]:
+    """Full module paths LoRA wraps: the given names, or the architecture's default inside the decoder layers."""
+    if lora.target_modules is not None:
+        return list(lora.target_modules)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    attention = attention_projections(model)
+    names = PEFT_DEFAULTS.get(model.config.model_type) or PEFT_DEFAULTS.get(
+        model.config.get_text_config().model_type) or attention  # fmt: skip
+    left_out = [name for name in attention if name not in names]
+    if left_out:
+        warnings.warn(f"LoRA default targets for {model.config.model_type} ({', '.join(names)}) leave out attention "
+                      f"map(s) {', '.join(left_out)}; set lora.target_modules to cover them", stacklevel=2)  # fmt: skip
+    layers = decoder_layers(model)
+    root = next(path for path, mod in model.named_modules() if mod is layers)
+    paths = [f"{root}.{i}.{sub}" for i, layer in enumerate(layers) for sub, _ in layer.named_modules()
+             if sub and sub.rsplit(".", 1)[-1] in names]  # fmt: skip
+    if not paths:
+        raise ConfigError(f"no LoRA target found in {type(model).__name__}; set lora.target_modules")
+    return paths
+
+
 def apply_lora(model: PreTrainedModel, lora: LoraSettings) -> nn.Module:
     """Wrap ``model`` with peft LoRA adapters as ``lora`` says."""
     from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
 
-    target = lora.target_modules
-    if target is None:
-        target = ["c_attn", "c_proj"] if model.config.model_type == "gpt2" else ["q_proj", "k_proj", "v_proj", "o_proj"]
+    target = lora_targets(model, lora)
+    conv = any(isinstance(mod, Conv1D) and any(name == t or name.endswith(f".{t}") for t in target)
+               for name, mod in model.named_modules())  # fmt: skip
     config = LoraConfig(
-        r=lora.r, lora_alpha=float(lora.alpha if lora.alpha is not None else lora.r), target_modules=list(target),
+        r=lora.r, lora_alpha=float(lora.alpha if lora.alpha is not None else lora.r), target_modules=target,
         lora_dropout=float(lora.dropout), bias="none", task_type="CAUSAL_LM",
-        fan_in_fan_out=model.config.model_type == "gpt2",  # GPT-2 uses Conv1D (weights stored transposed)
+        fan_in_fan_out=conv,  # Conv1D (GPT-2) stores its weights transposed
     )  # fmt: skip
     try:
         return get_peft_model(model, config)
@@ -141,5 +227,3 @@ def lm_forward(model: nn.Module, batch: dict[str, Tensor]) -> Any:
     """Forward pass of ``model`` on a batch dict, with padding-aware position ids."""
     mask = batch.get("attention_mask")
     return model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids(mask))
-
-

@@ -1,31 +1,49 @@
 """``CausalLMModule``: a Hugging Face causal LM behind the testbed's probe protocol.
 
 The model is either built from a tiny built-in GPT-2 or Llama configuration (no download; ``model_config``
-overrides any field) or loaded from a local folder (``pretrained_path``; ``local_files_only`` and never
-``trust_remote_code``). Optional LoRA through peft. Layers are ``blocks.{i}.resid_post``: the outputs of the
-decoder layers (found through peft's wrapper too). Batches are dicts ``{input_ids, attention_mask[, labels]}``
-with ``labels`` = -100 on prompt and padding tokens, so the loss is the causal LM loss on response tokens.
+overrides any field) or loaded from a local folder of any decoder family transformers knows (``pretrained_path``;
+``local_files_only``, never ``trust_remote_code``, in train mode). Optional LoRA through peft and gradient
+checkpointing. Layers are ``blocks.{i}.resid_post``: the outputs of the decoder layers (found through the model's
+own structure, under peft's wrapper too). Batches are dicts ``{input_ids, attention_mask[, labels]}`` with
+``labels`` = -100 on prompt and padding tokens, so the loss is the causal LM loss on response tokens.
+
+Foreign weights (``init_from``, ``vrev`` checkpoints: a Hugging Face folder or ``.safetensors`` file, or a plain
+checkpoint of a LoRA module's base) go through transformers' own loading (``from_pretrained`` with the state dict,
+so its key renames and tied weights apply) in ``adapt_state_dict``.
+
+Curvature account: the per-example safety loss is the mean token cross-entropy of each example's response (a refusal
+or a helpful answer of the safety set), computed with a 4-D additive attention mask so that the same code runs batched
+and on one example under ``torch.func.vmap`` (a 2-D mask makes Hugging Face build the mask with data-dependent control
+flow). ``curvature_mode`` switches attention to the eager kernels, which have a double backward and batching rules.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
-from transformers import PreTrainedModel
 
-from testbed.errors import ConfigError, as_settings
+from testbed.errors import CheckpointError, ConfigError, as_settings
+from testbed.llm.memory import MemoryEstimate, estimate_memory
 from testbed.llm.models import (
     IGNORE_INDEX,
     LoraSettings,
     apply_lora,
+    base_model,
     build_model,
+    context_length,
     decoder_layers,
     default_vocab_size,
     lm_forward,
     load_pretrained,
+    loading_problems,
+    position_ids,
 )
+from testbed.llm.tokenizer import tokenizer_problem
 from testbed.optim import OptimizerSettings
 from testbed.protocol import Pooling, TestbedModule
 from testbed.tags import TASK_TRAIN, TASK_VAL, tag
@@ -41,8 +59,11 @@ class CausalLMModule(TestbedModule):
         pretrained_path: a local Hugging Face model folder to load instead of building from config.
         lora: optional LoRA adapters (``LoraSettings``: r, alpha, target_modules, dropout); then only adapters train.
         optimizer: optimizer and learning rate (``OptimizerSettings``).
-        init_from: weights to start from (a previous phase's checkpoint); a plain (non-LoRA) checkpoint of
-            the same architecture is accepted by a LoRA module and fills its base weights.
+        init_from: weights to start from: a previous phase's checkpoint, a Hugging Face folder or ``.safetensors``
+            file of the same architecture; a plain (non-LoRA) checkpoint is accepted by a LoRA module and fills
+            its base weights.
+        gradient_checkpointing: recompute each decoder layer's activations in the backward pass (less memory,
+            about a third more compute).
     """
 
     def __init__(
@@ -54,6 +75,7 @@ class CausalLMModule(TestbedModule):
         lora: LoraSettings | None = None,
         optimizer: OptimizerSettings | None = None,
         init_from: str | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__(init_from)
         self.save_hyperparameters(ignore=["optimizer", "lora"])
@@ -62,8 +84,15 @@ class CausalLMModule(TestbedModule):
             base = load_pretrained(pretrained_path)
         else:
             base = build_model(model, vocab_size or default_vocab_size(), model_config)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        if self.gradient_checkpointing:
+            if not base.supports_gradient_checkpointing:
+                raise ConfigError(f"{type(base).__name__} does not support gradient checkpointing")
+            base.config.use_cache = False
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.lora = lora = as_settings(LoraSettings, lora, "LoRA")
         self.model: nn.Module = apply_lora(base, lora) if lora is not None else base
+        self.model.train()  # fine-tuning trains with dropout on (a loaded folder comes back in eval mode)
 
     # ---- probe protocol -------------------------------------------------------------------------
     def layer_names(self) -> list[str]:
@@ -124,58 +153,138 @@ class CausalLMModule(TestbedModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_settings.build(p for _, p in self.trainable_parameters())
 
+    # ---- the curvature account ------------------------------------------------------------------
+    def safety_losses(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-example mean token cross-entropy on the response tokens [N] of a training-format batch."""
+        mask = batch["attention_mask"]
+        attention = additive_causal_mask(mask, base_model(self.model).dtype)
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=attention,
+                            position_ids=position_ids(mask)).logits[:, :-1].float()  # fmt: skip
+        labels = batch["labels"][:, 1:]
+        nll = nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        real = labels != IGNORE_INDEX
+        return (nll * real).sum(1) / real.sum(1).clamp_min(1)
+
+    def task_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        return self._loss_and_accuracy(batch)[0]
+
+    @contextmanager
+    def curvature_mode(self) -> Iterator[None]:
+        """Eager attention inside the block (fused kernels lack a double backward and vmap batching rules)."""
+        base = base_model(self.model)
+        before = getattr(base.config, "_attn_implementation", None)
+        switched = False
+        if before not in (None, "eager") and hasattr(base, "set_attn_implementation"):
+            try:
+                base.set_attn_implementation("eager")
+                switched = True
+            except (ValueError, ImportError, NotImplementedError):  # a model without eager attention keeps its own
+                pass
+        try:
+            yield
+        finally:
+            if switched:
+                base.set_attn_implementation(before)
+
     # ---- phase chaining and foreign checkpoints -------------------------------------------------
     def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Map a foreign state dict onto this module's keys; own-format dicts pass through unchanged.
 
-        Accepted besides the module's own format: a bare Hugging Face state dict (e.g. a folder's
-        ``model.safetensors``, tied output weights omitted) and, for a LoRA module, a plain checkpoint of its
-        base model (adapters then keep their current values). Unmatched keys are left for the strict load to report.
+        Accepted besides the module's own format: a bare Hugging Face state dict (a folder's safetensors, with the
+        checkpoint's own key names and tied weights left out) and, for a LoRA module, a plain checkpoint of its base
+        model (adapters then keep their current values). Both are loaded by transformers (``from_pretrained`` with
+        the state dict), so its key mapping applies; keys it cannot place are one ``CheckpointError`` naming the
+        missing and the unexpected ones.
         """
         own = self.state_dict()
         if set(state) == set(own):
             return state
-        plains = {key: key.replace("model.base_model.model.", "model.", 1).replace(".base_layer.", ".") for key in own}
-        known = set(plains.values()) | set(own)
-        if sum(f"model.{k}" in known for k in state) > sum(k in known for k in state):  # a bare HF state dict
-            state = {f"model.{k}": v for k, v in state.items()}
-        adapted, used = {}, set()
-        for key in own:
-            plain = plains[key]
-            if key in state:
-                adapted[key] = state[key]
-                used.add(key)
-            elif "lora_" in key and self.lora is not None:
-                adapted[key] = own[key]
-            elif plain in state:
-                adapted[key] = state[plain]
-                used.add(plain)
-        tied = getattr(self._base_model().config, "tie_word_embeddings", False)
-        if tied:
-            out_key = next((k for k in own if k.endswith("lm_head.weight") and k not in adapted), None)
-            emb_key = next((k for k in adapted if k.endswith(("wte.weight", "embed_tokens.weight"))), None)
-            if out_key and emb_key:
-                adapted[out_key] = adapted[emb_key]
-        adapted.update({k: v for k, v in state.items() if k not in used and k not in adapted})
-        return adapted
+        plain = {key: self._plain_key(key) for key in own}
+        known = set(plain.values())
+        stripped = {key[len("model.") :]: value for key, value in state.items() if key.startswith("model.")}
+        stripped = {self._plain_key(f"model.{k}"): v for k, v in stripped.items()}
+        if sum(k in known for k in stripped) > sum(k in known for k in state):  # a checkpoint of this module's kind
+            state = stripped
+        loaded = self._load_through_transformers(state)
+        return {key: loaded[plain[key]] if plain[key] in loaded else own[key] for key in own
+                if plain[key] in loaded or ("lora_" in key and self.lora is not None)}  # fmt: skip
 
-    def _base_model(self) -> PreTrainedModel:
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+    def _plain_key(self, key: str) -> str:
+        """A module state key as the bare transformers model names it (no ``model.``, peft or ``base_layer``)."""
+        return key.replace("model.base_model.model.", "model.", 1).replace(".base_layer.", ".")[len("model.") :]
+
+    def _load_through_transformers(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        base = base_model(self.model)
+        try:
+            fresh, info = type(base).from_pretrained(
+                None, config=base.config, state_dict=state, output_loading_info=True,
+                dtype=next(base.parameters()).dtype,
+            )  # fmt: skip
+        except Exception as exc:  # transformers raises RuntimeError/ValueError/KeyError for weights that do not fit
+            message = " ".join(str(exc).split())[:400]
+            raise CheckpointError(f"weights do not fit {type(base).__name__}: {message}") from None
+        problems = loading_problems(info)
+        if problems:
+            raise CheckpointError(f"weights do not fit {type(base).__name__} ({problems})")
+        return fresh.state_dict()
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         return super().load_state_dict(self.adapt_state_dict(dict(state_dict)), strict=strict, assign=assign)
 
-    def check_tokenizer(self, tokenizer: Any) -> None:
-        """Refuse a tokenizer with more ids than the model's embedding."""
+    def check_tokenizer(self, tokenizer: Any, texts: list[str] | None = None) -> None:
+        """Refuse a tokenizer that does not fit the model: ids outside the embedding, or one that does not
+        round-trip ``texts`` (the formatted probe prompts: chat template included) or disagrees with its folder's
+        ``tokenizer.json`` (``testbed.llm.tokenizer.tokenizer_problem``)."""
         n_embed = self.model.get_input_embeddings().weight.shape[0]
-        if len(tokenizer) > n_embed:
-            raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but the model embeds only {n_embed}")
+        problem = tokenizer_problem(tokenizer, texts or [], n_embed)
+        if problem:
+            raise ConfigError(problem)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
-            self.check_tokenizer(datamodule.tokenizer)
+        if datamodule is None or getattr(datamodule, "tokenizer", None) is None:
+            return
+        texts = []
+        if hasattr(datamodule, "probe_prompts") and hasattr(datamodule, "format"):
+            texts = [datamodule.format(p) for p in datamodule.probe_prompts[: getattr(datamodule, "probe_size", None)]]
+        self.check_tokenizer(datamodule.tokenizer, texts)
+        context = context_length(self.model)
+        if context is not None and getattr(datamodule, "max_length", 0) > context:
+            rank_zero_info(f"max_length {datamodule.max_length} lowered to the model's context of {context} tokens")
+            datamodule.max_length = context
+
+    def memory_estimate(self, batch_size: int, seq_len: int, precision: str) -> MemoryEstimate:
+        """A rough estimate of a training step's memory (``testbed.llm.memory``)."""
+        base = base_model(self.model)
+        config = base.config.get_text_config()
+        width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+        return estimate_memory(
+            n_params=sum(p.numel() for p in self.parameters()),
+            n_trainable=sum(p.numel() for _, p in self.trainable_parameters()),
+            width=int(width), n_layers=len(decoder_layers(self.model)),
+            vocab=int(base.get_input_embeddings().num_embeddings),
+            batch_size=batch_size, seq_len=seq_len, precision=precision, optimizer=self.optimizer_settings.name,
+            gradient_checkpointing=self.gradient_checkpointing,
+        )  # fmt: skip
+
+    def describe_memory(self, precision: str, datamodule: Any = None) -> str:
+        """The memory estimate at ``precision`` (a Lightning precision string) and the datamodule's batch size and
+        ``max_length`` (capped at the model's context)."""
+        batch = int(getattr(datamodule, "batch_size", 1) or 1)
+        context = context_length(self.model)
+        seq = int(getattr(datamodule, "max_length", 0) or context or 512)
+        return self.memory_estimate(batch, min(seq, context or seq), precision).describe()
 
 
-__all__ = ["CausalLMModule"]
+def additive_causal_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, 1, T, T] additive mask: 0 where query t may attend key s (s <= t, s a real token, or s = t), else the
+    dtype's minimum (every query keeps itself, so padding rows never become all-masked NaNs)."""
+    length = attention_mask.shape[-1]
+    eye = torch.eye(length, dtype=torch.bool, device=attention_mask.device)
+    allowed = eye.cumsum(0).bool() & (attention_mask[:, None, None, :].bool() | eye)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+__all__ = ["CausalLMModule", "additive_causal_mask"]

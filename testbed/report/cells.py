@@ -196,7 +196,9 @@ def compute_cell(col: Column, runs: list[Run], reference: list[Run] | None = Non
         part = 0 if col.show == "exponent" else 1
         cell = _summarise(_windowed(cell, runs, col.tag, col.window, lambda s, v: loglog_fit(s, v)[part]), True)
         peak = arm_peak(runs, col.tag, col.window)
-        if math.isfinite(top) and top > 0 and math.isfinite(peak) and peak <= LOG_FLOOR * top:
+        if math.isfinite(peak) and peak <= 0:
+            cell.note = f"no positive value in the window (peak {peak:.2g}): no power law"
+        elif math.isfinite(top) and top > 0 and math.isfinite(peak) and peak <= LOG_FLOOR * top:
             cell.note = f"round-off: peak {peak:.2g} <= {LOG_FLOOR:g} x the largest over arms; no power law"
         return cell
     # cost: the arm's mean relative to the reference arm's mean, each at the column's step

@@ -99,7 +99,7 @@ def build_report(
     arms: str | None = None,
     include_shared: bool = False,
     include_unfinished: bool = False,
-    theory_tag: str = "theory/align_loss_pred",
+    theory_tag: str = "curvature/series_pred",
     fit_window: tuple[int, int] | None = None,
     out: str | Path | None = None,
     plots: bool = True,
@@ -169,7 +169,7 @@ def report_command(
     threshold: list[str] | str | None = None,
     loglog: list[str] | str | None = None,
     fit_window: tuple[int, int] | None = None,
-    theory_tag: str = "theory/align_loss_pred",
+    theory_tag: str = "curvature/series_pred",
     include_shared: bool = False,
 ) -> None:
     """Tables (Markdown, CSV, JSON) and PNG plots of a study's runs, from a report spec or from the options below.

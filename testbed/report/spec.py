@@ -12,7 +12,7 @@
       - {kind: cost, tag: val/loss, step: last}               # mean / reference mean − 1, in %
       - {kind: area, tag: reversion/drift_along/blocks.1.hidden}
       - {kind: area, tag: align/harmfulness, average: true}     # area / span of steps: the mean over the run
-      - {kind: exponent, tag: align/loss, steps: [20, 200]}   # log-log fit, 95% t-interval over seeds
+      - {kind: exponent, tag: curvature/delta_u, steps: [20, 200]}  # log-log fit, 95% t-interval over seeds
       - {kind: spearman, x: cos, y: align/harmfulness}        # per arm; pooled over arms in the notes
     tests: [{column: cos@20, order: [blocked, plain]}]         # one-sided ordering test on per-seed values
     tests: [{kind: difference, column: cos@20, order: [random, plain]}]   # two-sided test of a difference
@@ -21,7 +21,7 @@
       - {kind: lines, tag: cos, reference: [{value: 0.288, label: null p99}]}
       - {kind: dual, left: cos, right: align/harmfulness}
       - {kind: dose, column: cos@20, x: {setting: trainer.callbacks.1.init_args.strength}}
-      - {kind: loglog, tag: align/loss, theory: theory/align_loss_pred, steps: [20, 200]}
+      - {kind: loglog, tag: curvature/delta_u, theory: curvature/series_pred, steps: [20, 200]}
 
 Value-like columns take ``percent`` (×100, "%"), ``unit``, ``digits`` (decimals) or ``sig`` (significant digits),
 ``seeds`` (list the per-seed values) and ``interval`` (95% t-interval instead of ± std). Every problem is a

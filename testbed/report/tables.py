@@ -148,9 +148,9 @@ def _tests(filled: FilledTable, cells_of: dict[str, dict[str, Cell]]) -> None:
                                 f"({missing} not reported).")
             continue
         groups = [list(cells_of[a][test.column].values.values()) for a in test.order]
-        if min(len(g) for g in groups) == 0:
+        if min(len(g) for g in groups) < 2:  # scipy's permutation test needs two values per group
             filled.notes.append(f"{test.kind.capitalize()} test {', '.join(test.order)} on '{test.column}': not run "
-                                "(an arm has no values).")
+                                "(an arm has fewer than two per-seed values).")
             continue
         result = ordering_test(groups) if test.kind == "ordering" else difference_test(*groups)
         filled.tests.append({"column": test.column, "order": list(test.order), "kind": test.kind,

@@ -23,6 +23,9 @@ def kind_of(path: Path) -> tuple[str, list[Path]]:
     text = path.read_text(encoding="utf-8")
     first = text.splitlines()[0] if text else ""
     data = yaml.safe_load(text)
+    if "recipes" in path.relative_to(EXPERIMENTS).parts:  # real-checkpoint paths: run on tiny checkpoints by
+        # tests/testbed/llm/test_recipes.py and test_your_model.py
+        return "recipe", [path]
     if match := OVERLAY_HEADER.match(first):
         return "overlay", [(path.parent / match.group(1)).resolve(), path]
     if match := VARIANT_HEADER.match(first):

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torch.distributed.tensor import DTensor
 
 
 class KillAtStep(pl.Callback):
@@ -43,7 +44,7 @@ class DumpState(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         record: dict[str, Any] = {
             "world_size": trainer.world_size,
-            "params": {k: v.detach().cpu().double().flatten().tolist() for k, v in pl_module.state_dict().items()},
+            "params": {k: _jsonable(v) for k, v in pl_module.state_dict().items()},
             "callbacks": {},
         }
         for cb in trainer.callbacks:
@@ -58,6 +59,8 @@ class DumpState(pl.Callback):
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, DTensor):  # a sharded (FSDP2) parameter: gathered, so every rank writes the whole tensor
+        value = value.full_tensor()
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().double().flatten().tolist()
     if isinstance(value, dict):

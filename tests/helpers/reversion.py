@@ -7,6 +7,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -17,7 +18,7 @@ from testbed.probes import ProbeSet
 from testbed.testing import quiet_trainer
 from toy_models.gravity import GravityData, GravityMLP
 
-__all__ = ["LAYER", "trainer", "data", "make_history", "FirstOrderRecorder"]
+__all__ = ["LAYER", "trainer", "data", "make_history", "module_history", "FirstOrderRecorder"]
 
 LAYER = "blocks.1.hidden"
 
@@ -40,6 +41,11 @@ def make_history(folder: Path) -> tuple[GravityMLP, Path]:
     trainer(20, []).fit(witness, data())
     ds = extract_direction(witness, aligned, ProbeSet(data().probe_batch()), ["blocks.0.hidden", LAYER])
     return aligned, ds.save(folder / "vrev.pt")
+
+
+def module_history(tmp_path_factory: pytest.TempPathFactory) -> tuple[GravityMLP, Path]:
+    """``make_history`` in a fresh folder: a test module's fixture, ``pytest.fixture(scope="module")(...)``."""
+    return make_history(tmp_path_factory.mktemp("dirs"))
 
 
 class FirstOrderRecorder(pl.Callback):

@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 QUARTIC = "experiments/toy_regimes/quartic.yaml"
 NEURAL = "experiments/neural_toy/neural.yaml"
-SHORT = ["--trainer.max_steps", "15", "--model.init_args.fit_window", "[5, 15]"]
+SHORT = ["--trainer.max_steps", "15", "--trainer.callbacks.init_args.fit_window", "[5, 15]"]
 
 
 def all_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
@@ -19,7 +19,8 @@ def test_same_seed_gives_identical_logged_metrics(run_cli, tmp_path):
     for version in ("a", "b"):
         assert run_cli(["fit", "--config", NEURAL, *SHORT, "--trainer.logger.init_args.version", version]) == 0
     a, b = (all_scalars(tmp_path / "runs" / "neural_toy" / v) for v in ("a", "b"))
-    assert {"align/loss", "geometry/disp_in_S", "theory/ratio", "fit/loglog_slope", "fit/exponent"} <= set(a)
+    assert {"curvature/delta_u", "curvature/disp_in_S", "curvature/ratio", "curvature/loglog_slope",
+            "curvature/exponent", "curvature/gamma"} <= set(a)
     assert a == b
 
 
@@ -60,9 +61,11 @@ def test_bad_config_is_one_clear_error(run_cli, capsys, tmp_path, args, message)
     assert not list((tmp_path / "runs").glob("**/checkpoints/*.ckpt"))  # nothing half-written
 
 
-def test_neural_rank_above_alignment_examples_is_one_clear_error(run_cli, capsys):
-    assert run_cli(["fit", "--config", NEURAL, "--model.init_args.rank", "20"]) == 2
-    assert "rank=20 exceeds n_align=8" in capsys.readouterr().err
+def test_neural_subspace_not_below_alignment_examples_is_one_clear_error(run_cli, capsys, tmp_path):
+    assert run_cli(["fit", "--config", NEURAL, "--trainer.callbacks.init_args.subspace.d", "8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("testbed: error:") and "d=8 must be below the number of safety examples N=8" in err[-1]
+    assert not (tmp_path / "runs").exists()  # refused before the first step: nothing left behind
 
 
 def test_fit_keeps_the_config_callbacks_and_adds_the_reliability_defaults(tmp_path, monkeypatch):
@@ -76,7 +79,7 @@ def test_fit_keeps_the_config_callbacks_and_adds_the_reliability_defaults(tmp_pa
 
     monkeypatch.chdir(tmp_path)
     cli = TestbedCLI(args=["fit", "--config", str(REPO_ROOT / QUARTIC), "--trainer.max_steps", "2",
-                           "--model.init_args.fit_window", "[1, 2]", "--trainer.logger", "false",
+                           "--trainer.callbacks.init_args.fit_window", "[1, 2]", "--trainer.logger", "false",
                            "--trainer.callbacks+=pytorch_lightning.callbacks.ModelSummary"])  # fmt: skip
     kinds = [type(c) for c in cli.trainer.callbacks]
     assert kinds.index(ModelSummary) < kinds.index(NonFiniteGuard) < kinds.index(ResumableRng)

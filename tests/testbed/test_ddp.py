@@ -152,48 +152,13 @@ def test_nan_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_lora_causal_lm_two_processes_match_one(tmp_path: Path, run_cli, one_thread) -> None:
     """The same check on the LLM path: a tiny GPT-2 with LoRA, JSONL data, monitor + update projection."""
-    import yaml
+    from tests.helpers.lm_runs import lm_args, lm_config, write_lm_direction
 
-    from testbed.directions import random_directions
-    from testbed.llm import CausalLMModule
-    from testbed.llm.data import JsonlDataModule
-
-    # equal-length examples, so every rank's token-mean loss averages to the global token mean
-    (tmp_path / "train.jsonl").write_text("".join(
-        json.dumps({"prompt": f"list item {i}", "response": f"ok {i}"}) + "\n" for i in range(8)))
-    (tmp_path / "harm.jsonl").write_text("".join(json.dumps({"prompt": f"list {i} item"}) + "\n" for i in range(6)))
-    model_args = {"model": "gpt2", "model_config": {"n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 48},
-                  "lora": {"r": 2}, "optimizer": {"lr": 0.01}}
-    data_args = {"train_path": str(tmp_path / "train.jsonl"), "harmful_path": str(tmp_path / "harm.jsonl"),
-                 "max_length": 32, "probe_size": 6}
-    layer = "blocks.1.resid_post"
-    data = JsonlDataModule(**data_args)
-    random_directions(CausalLMModule(**model_args), data.probe_batch(), [layer]).save(tmp_path / "v.pt")
-
-    def config(name: str, batch_size: int, **trainer) -> Path:
-        d = str(tmp_path / "v.pt")
-        cfg = {
-            "seed_everything": 3,
-            "model": {"class_path": "testbed.llm.CausalLMModule", "init_args": model_args},
-            "data": {"class_path": "testbed.llm.data.JsonlDataModule",
-                     "init_args": {**data_args, "batch_size": batch_size}},
-            "trainer": {"max_steps": 4, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
-                        "enable_progress_bar": False, "limit_val_batches": 0, "num_sanity_val_steps": 0,
-                        "callbacks": [
-                            {"class_path": "testbed.interventions.ReversionMonitor",
-                             "init_args": {"direction": {"path": d}, "every_n_steps": 2}},
-                            {"class_path": "testbed.interventions.UpdateProjectionBlocker",
-                             "init_args": {"direction": {"path": d}}},
-                            {"class_path": "tests.helpers.callbacks.DumpState",
-                             "init_args": {"out": str(tmp_path / name)}}],
-                        **trainer},
-        }
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        return path
-
-    assert run_cli(["fit", "--config", str(config("single", 8))]) == 0
-    result = run_testbed(["fit", "--config", str(config("ddp", 4, devices=2, strategy="ddp"))], cwd=tmp_path)
+    args = lm_args(tmp_path)
+    write_lm_direction(tmp_path, *args)
+    assert run_cli(["fit", "--config", str(lm_config(tmp_path, "single", args, 8))]) == 0
+    result = run_testbed(["fit", "--config", str(lm_config(tmp_path, "ddp", args, 4, devices=2, strategy="ddp"))],
+                         cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     one = json.loads((tmp_path / "single" / "rank0.json").read_text())
     history = one["callbacks"]["ReversionMonitor"]["history"]

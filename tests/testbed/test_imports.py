@@ -165,6 +165,7 @@ def test_quartic_module_main_still_prints_the_derivation() -> None:
 def test_a_toy_job_imports_no_heavy_package_of_its_own(tmp_path: Path) -> None:
     cmd = [sys.executable, "-X", "importtime", "-c", RUNNER, "fit"]
     cmd += ["--config", str(ROOT / "experiments" / "toy_regimes" / "quartic.yaml"), "--trainer.max_steps", "3"]
+    cmd += ["--trainer.callbacks.init_args.fit_window", "[1, 3]"]  # the curvature monitor's fit, inside the run
     cmd += ["--trainer.logger", "false", "--trainer.enable_checkpointing", "false"]
     out = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]

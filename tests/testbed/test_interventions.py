@@ -27,13 +27,10 @@ from testbed.interventions import (
 from testbed.judging import HarmfulnessCallback
 from testbed.optim import OptimizerSettings
 from testbed.probes import ProbeSet
-from tests.helpers.reversion import LAYER, FirstOrderRecorder, data, make_history, trainer
+from tests.helpers.reversion import LAYER, FirstOrderRecorder, data, module_history, trainer
 from toy_models.gravity import GravityData, GravityMLP, RefusalJudge
 
-
-@pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[GravityMLP, Path]:
-    return make_history(tmp_path_factory.mktemp("dirs"))
+history = pytest.fixture(scope="module", name="history")(module_history)
 
 
 SUBSET = ProjectionSettings(jacobian_probe_size=8)

@@ -22,13 +22,10 @@ from testbed.interventions import (
 )
 from testbed.interventions.projection import probe_groups
 from testbed.probes import ProbeSet
-from tests.helpers.reversion import LAYER, FirstOrderRecorder, data, make_history, trainer
+from tests.helpers.reversion import LAYER, FirstOrderRecorder, data, module_history, trainer
 from toy_models.gravity import GravityMLP
 
-
-@pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[GravityMLP, Path]:
-    return make_history(tmp_path_factory.mktemp("dirs"))
+history = pytest.fixture(scope="module", name="history")(module_history)
 
 
 def fine_tune(history: Any, callbacks: list[pl.Callback], steps: int = 12) -> tuple[GravityMLP, float]:

@@ -284,6 +284,16 @@ def test_area_average_is_the_time_mean(study: Path, tmp_path: Path) -> None:
         assert cell["mean"] == pytest.approx(np.mean(means), rel=1e-12)
 
 
+def test_ordering_test_with_one_seed_per_arm_is_a_note(tmp_path: Path) -> None:
+    root = tmp_path / "one_seed"
+    for arm in "ab":
+        write_run(root, RunKey(arm, 0), arm_scalars(arm, 0))
+    spec = {"rows": {"a": "arm a", "b": "arm b"}, "columns": [{"kind": "value", "tag": "m/x", "step": 4, "label": "x"}],
+            "tests": [{"column": "x", "order": ["a", "b"]}]}  # fmt: skip
+    table = report(root, tmp_path, spec)["tables"][0]
+    assert table["tests"] == [] and any("fewer than two per-seed values" in n for n in table["notes"])
+
+
 def test_truncated_event_file_is_reported_not_fatal(study: Path, tmp_path: Path) -> None:
     root = tmp_path / "copy"
     shutil.copytree(study, root)

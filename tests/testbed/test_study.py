@@ -23,10 +23,12 @@ TOY = {
     "seed_everything": 0,
     "model": {
         "class_path": "toy_models.quadratic.QuadraticToy",
-        "init_args": {"dim": 6, "rank": 2, "sharpness": 4.0, "coupling": 0.5, "lr": 0.01, "fit_window": [1, 5]},
+        "init_args": {"dim": 6, "rank": 2, "sharpness": 4.0, "coupling": 0.5, "lr": 0.01},
     },
     "data": {"class_path": "toy_models.quadratic.QuadraticData", "init_args": {"dim": 6, "epoch_length": 50}},
-    "trainer": {"max_steps": 5, "log_every_n_steps": 1, "num_sanity_val_steps": 0, "limit_val_batches": 0},
+    "trainer": {"max_steps": 5, "log_every_n_steps": 1, "num_sanity_val_steps": 0, "limit_val_batches": 0,
+                "callbacks": [{"class_path": "testbed.interventions.CurvatureMonitor",
+                               "init_args": {"subspace": {"d": 2}, "every_n_steps": 1, "fit_window": [1, 2]}}]},
 }
 
 
@@ -145,8 +147,8 @@ def test_printed_command_reproduces_the_run(study: tuple[Path, Path, str], tmp_p
 
     alone = read_scalars(tmp_path / "again" / "tiny" / "plain" / "seed=1")
     in_study = read_scalars(run_dir)
-    np.testing.assert_array_equal(alone["align/loss"][1], in_study["align/loss"][1])
-    assert alone["align/loss"][1][-1] == pytest.approx(done(run_dir)["metrics"]["align/loss"], rel=1e-6)
+    np.testing.assert_array_equal(alone["curvature/delta_u"][1], in_study["curvature/delta_u"][1])
+    assert alone["curvature/delta_u"][1][-1] == pytest.approx(done(run_dir)["metrics"]["curvature/delta_u"], rel=1e-6)
 
 
 def test_rerun_skips_finished_runs(study: tuple[Path, Path, str]) -> None:
@@ -286,7 +288,7 @@ def test_arms_get_the_final_phase_callbacks_before_their_own(tmp_path: Path) -> 
     for arm, expected in (("plain", ["ReversionMonitor"]), ("blocked", ["ReversionMonitor", "UpdateProjectionBlocker"]),
                           ("grid/sharpness=2", ["ReversionMonitor", "UpdateProjectionBlocker"])):
         for seed in (0, 1):
-            callbacks = inherited[f"{arm}/seed={seed}/run_config.yaml"]["trainer"]["callbacks"]
+            callbacks = inherited[f"{arm}/seed={seed}/run_config.yaml"]["trainer"]["callbacks"][1:]  # after toy.yaml's
             assert [cb["class_path"].rsplit(".", 1)[1] for cb in callbacks] == expected
             assert callbacks[0]["init_args"]["direction"]["path"] == str(layout.direction_file(root, "vrev", seed))
             assert callbacks[-1]["init_args"].get("random_seed", seed) == seed
@@ -336,11 +338,11 @@ def test_tensorboard_layout_and_hparams(study: tuple[Path, Path, str]) -> None:
     acc.Reload()
     layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0])
     charts = {chart.title: list(chart.multiline.tag) for cat in layout.category for chart in cat.chart}
-    assert charts["align/loss"] == [r"^align/loss$"]
+    assert charts["curvature/delta_u"] == [r"^curvature/delta_u$"]
     assert any(title.startswith("reversion/") for title in charts)
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         acc.SummaryMetadata("_hparams_/experiment").plugin_data.content).experiment
-    assert "align/loss" in {m.name.tag for m in experiment.metric_infos}
+    assert "curvature/delta_u" in {m.name.tag for m in experiment.metric_infos}
     assert {"arm", "seed", "phase"} <= {h.name for h in experiment.hparam_infos}
     run = EventAccumulator(str(root / "monitored/seed=1"))
     run.Reload()
@@ -358,20 +360,20 @@ def test_report_numbers_equal_the_event_files(study: tuple[Path, Path, str], tmp
     from testbed.report import build_report
 
     _, root, _ = study
-    payload = build_report(root, steps=[2, 4], loglog=["align/loss"], out=tmp_path, plots=False)
+    payload = build_report(root, steps=[2, 4], loglog=["curvature/delta_u"], out=tmp_path, plots=False)
     assert {(r["arm"], r["seed"]) for r in payload["runs"]} == {("plain", 0), ("plain", 1), ("monitored", 0),
                                                                 ("monitored", 1)}
     for row in payload["summary"]:
-        if row["metric"] != "align/loss":
+        if row["metric"] != "curvature/delta_u":
             continue
         direct = []
         for seed in (0, 1):
             acc = EventAccumulator(str(root / row["arm"] / f"seed={seed}"))
             acc.Reload()
-            direct.append([e.value for e in acc.Scalars("align/loss") if e.step <= row["step"]][-1])
+            direct.append([e.value for e in acc.Scalars("curvature/delta_u") if e.step <= row["step"]][-1])
         assert row["mean"] == pytest.approx(np.mean(direct), rel=1e-12)
         assert row["std"] == pytest.approx(np.std(direct, ddof=1), rel=1e-9, abs=1e-300)
-    assert {(r["arm"], r["step"]) for r in payload["summary"] if r["metric"] == "align/loss"} == {
+    assert {(r["arm"], r["step"]) for r in payload["summary"] if r["metric"] == "curvature/delta_u"} == {
         ("plain", 2), ("plain", 4), ("monitored", 2), ("monitored", 4)}
 
 

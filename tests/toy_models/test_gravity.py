@@ -138,8 +138,14 @@ def test_every_arm_of_the_study_validates(tmp_path: Path, run_cli) -> None:
         "clamp",
         "random-control",
         "l2-anchor",
+        "curvature-block",
+        "curvature-random",
     }
     control = yaml.safe_load((tmp_path / "runs/gravity_toy/random-control/seed=2/run_config.yaml").read_text())
     blocker = control["trainer"]["callbacks"][-1]["init_args"]
     assert blocker["direction"]["random"] is True and blocker["direction"]["random_seed"] == 2
+    subspace = yaml.safe_load((tmp_path / "runs/gravity_toy/curvature-random/seed=2/run_config.yaml").read_text())
+    names = [c["class_path"].rsplit(".", 1)[1] for c in subspace["trainer"]["callbacks"]]
+    assert names[-3:] == ["ReversionMonitor", "CurvatureMonitor", "SubspaceBlocker"]  # both accounts on every arm
+    assert subspace["trainer"]["callbacks"][-1]["init_args"]["subspace"] == {"d": 16, "method": "random", "seed": 2}
     assert blocker["projection"]["one_sided"] is True

@@ -1,0 +1,119 @@
+"""What the curvature callbacks share: the safety batch, the subspace S estimated at θ*, and θ* itself.
+
+At the start of training (θ* = the weights fine-tuning starts from) a ``SubspaceCallback`` reads the datamodule's
+``safety_batch()``, checks the sizes (d < N for the Fisher, d < P, a non-empty safety set, trainable parameters) and
+estimates S as its ``SubspaceSettings`` say (``testbed.curvature.estimate_subspace``). Callbacks of one run with equal
+settings estimate S once: a later one takes the earlier one's. Inner products are reduced over a ``FlatPartition``,
+so under DDP every process holds the same S. The state (S, θ*) is saved in checkpoints for an exact resume.
+
+Strategies: the callbacks read the full trainable parameters, so they run on one device or under DDP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from testbed.curvature.estimate import SubspaceSettings, estimate_subspace, safety_loss, safety_subset
+from testbed.curvature.partition import FlatPartition
+from testbed.curvature.per_example import trainable
+from testbed.curvature.subspace import Subspace
+from testbed.errors import ConfigError, as_settings
+from testbed.interventions.base import require_protocol
+from testbed.interventions.flat import flatten, trainable_parameters
+from testbed.probes import map_batch, probe_mode
+from testbed.protocol import TestbedModule
+from testbed.strategies import FULL_PARAMETERS
+
+__all__ = ["SubspaceCallback"]
+
+
+class SubspaceCallback(pl.Callback):
+    """Holds the safety batch, S and θ* (the flat trainable parameters when training starts).
+
+    Args:
+        subspace: how S is estimated (``SubspaceSettings``: d, n, method fisher/hessian/random, ...).
+    """
+
+    supported_strategies: ClassVar[frozenset[str]] = FULL_PARAMETERS
+
+    def __init__(self, subspace: SubspaceSettings | None = None) -> None:
+        super().__init__()
+        self.settings: SubspaceSettings = as_settings(SubspaceSettings, subspace, "subspace") or SubspaceSettings()
+        self.subspace: Subspace | None = None
+        self.partition: FlatPartition | None = None
+        self.safety: Any = None
+        self.theta_star: Tensor | None = None
+        self.shared_from: str | None = None
+        self._restored: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(**asdict(self.settings))
+
+    def needs_safety_batch(self) -> bool:
+        return self.settings.method != "random"
+
+    def params(self, module: TestbedModule) -> list[torch.nn.Parameter]:
+        return trainable_parameters(module)
+
+    def flat_params(self, module: TestbedModule) -> Tensor:
+        params = self.params(module)
+        return flatten(params, params)
+
+    def safety_gradient(self, module: TestbedModule, batch: Any = None) -> Tensor:
+        """∇u at the current weights on ``batch`` (default: the safety batch), flat [P] (eval mode, RNG isolated)."""
+        params = self.params(module)
+        with probe_mode(module, grad=True):
+            loss = safety_loss(module, self.safety if batch is None else batch)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return flatten(grads, params)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        module = require_protocol(pl_module)
+        size = sum(p.numel() for _, p in trainable(module))
+        self.partition = FlatPartition.current(size)
+        if self.needs_safety_batch():
+            datamodule = getattr(trainer, "datamodule", None)
+            if datamodule is None or not hasattr(datamodule, "safety_batch"):
+                raise ConfigError(f"{type(self).__name__} needs a datamodule with safety_batch() (a TestbedDataModule)")
+            batch = safety_subset(datamodule.safety_batch(), self.settings.n)
+            self.safety = map_batch(batch, lambda t: t.to(pl_module.device))
+        if self._restored is not None:
+            self.restore(self._restored, pl_module.device)
+            self._restored = None
+            return
+        self.theta_star = self.flat_params(module).clone()
+        sibling = self._sibling(trainer)
+        if sibling is not None:
+            self.subspace, self.shared_from = sibling.subspace, type(sibling).__name__
+        else:
+            self.subspace = estimate_subspace(module, self.safety, self.settings, self.partition).to(pl_module.device)
+
+    def _sibling(self, trainer: pl.Trainer) -> SubspaceCallback | None:
+        """An earlier callback of this run that already estimated S with the same settings (at the same θ*)."""
+        for callback in trainer.callbacks:
+            if callback is self:
+                return None
+            if (isinstance(callback, SubspaceCallback) and callback.subspace is not None
+                    and callback.settings == self.settings and torch.equal(callback.theta_star, self.theta_star)):
+                return callback
+        return None
+
+    # ---- resumable state (Lightning restores it before on_train_start) ------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.subspace is None:
+            return {}
+        return {"subspace": self.subspace.record(), "theta_star": self.theta_star.detach().cpu()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict) if state_dict else None
+
+    def restore(self, state: dict[str, Any], device: torch.device) -> None:
+        """Put back what ``state_dict`` saved (called at the start of a resumed run)."""
+        self.subspace = Subspace.from_record(state["subspace"]).to(device)
+        self.theta_star = state["theta_star"].to(device)
