@@ -10,6 +10,10 @@ batch; the synced sums and counts give the same mean (to float round-off) as one
 
 Null exceedance: under the isotropic null a drift direction is uniform on the sphere S^{W-1}, so cos has the
 exact law of ``theory.null`` for the layer width W; a run-step exceeds p99 when cos > the 0.99 quantile.
+
+Matched null exceedance: at each measured step the null is empirical, cos(drift, u_k) over null directions u_k
+built the way v_rev is (``testbed.nulls``); a run-step exceeds it when cos(drift, v_rev) > the empirical quantile
+of those values at that step (``torch.quantile``, linear interpolation).
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ class DriftAlignment(Metric):
         norm = drift.norm()
         cos = along / norm if norm > 0 else torch.zeros((), dtype=torch.float64, device=norm.device)
         orth = (drift - along * self.direction).norm()
-        return {"cos": cos, "along": along, "orth_norm": orth, "drift_norm": norm}
+        return {"cos": cos, "along": along, "orth_norm": orth, "drift_norm": norm, "drift": drift}
 
 
 class NullExceedance(Metric):
@@ -117,8 +121,52 @@ class NullExceedance(Metric):
         return out
 
 
+class EmpiricalNullExceedance(Metric):
+    """Fraction (and count) of measured run-steps whose cos exceeds the empirical quantiles of a matched null.
+
+    Args:
+        null_directions: null directions ``[K, W]`` (normalised here).
+        levels: quantiles, default (0.99, 0.999).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, null_directions: Tensor, levels: Sequence[float] = NULL_LEVELS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if null_directions.dim() != 2 or null_directions.shape[0] < 1:
+            raise ConfigError(f"null directions must be a non-empty [K, W] matrix, got {tuple(null_directions.shape)}")
+        rows = null_directions.detach().double()
+        self.register_buffer("null_directions", rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-300))
+        self.levels = tuple(float(p) for p in levels)
+        self.add_state("exceed", default=torch.zeros(len(self.levels), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def quantiles(self, drift: Tensor) -> Tensor:
+        """The null's quantiles of cos(drift, u_k) at ``levels`` for one drift vector ``[W]`` (no state change)."""
+        drift = drift.detach().double().to(self.null_directions.device)
+        norm = drift.norm()
+        cos = self.null_directions @ drift / norm if norm > 0 else torch.zeros(len(self.null_directions)).double()
+        return torch.quantile(cos, torch.tensor(self.levels, dtype=torch.float64, device=cos.device))
+
+    def exceedance(self, cos: Tensor | float, drift: Tensor) -> tuple[Tensor, Tensor]:
+        """(the null's quantiles, 0/1 indicators of cos above each) for one run-step (no state change)."""
+        quantiles = self.quantiles(drift)
+        return quantiles, (torch.as_tensor(cos, dtype=torch.float64, device=quantiles.device) > quantiles).double()
+
+    def update(self, indicators: Tensor) -> None:
+        """Add one run-step's indicators (from ``exceedance``)."""
+        self.exceed += indicators.to(self.exceed)
+        self.total += 1
+
+    def compute(self) -> dict[str, Tensor]:
+        total = self.total.clamp_min(1)
+        return {f"exceed_frac_matched_{level_name(p)}": self.exceed[i] / total for i, p in enumerate(self.levels)}
+
+
 __all__ = [
     "DriftAlignment",
+    "EmpiricalNullExceedance",
     "NullExceedance",
     "level_name",
     "NULL_LEVELS",

@@ -2,15 +2,20 @@
 
     python experiments/bench/llm.py                 # all parts below that fit the machine
     python experiments/bench/llm.py --part history  # pre-train, align, plain + update-projection fine-tune (1 seed)
+    python experiments/bench/llm.py --part study [--llama] [--seeds 0 1 2 3 4]   # the whole study, every arm
+        (with one seed, --seeds 0, the matched null is left out: it is built from the other seeds)
+    python experiments/bench/llm.py --part study --from runs/llm_safety          # times of a study already run
     python experiments/bench/llm.py --part tokens   # tokens/s: plain vs monitor + update projection (safety world)
     python experiments/bench/llm.py --part lora     # LoRA fine-tune of the largest recipe that fits (GPU), ± blocking
 
-Figures are printed with the machine's load average (the CPU may be shared) and the process CPU time, which
-does not grow with other processes' load. On CPU, ``--part lora`` runs a tiny model with a recipe's settings to
-exercise the code path; on a CUDA device it builds the recipes' architectures (experiments/recipes/; randomly
-initialised, no download) from large to small, keeps the largest that trains without running out of memory, and
-measures LoRA fine-tuning tokens/s with that recipe's settings (bf16, LoRA, batch, length, gradient checkpointing):
-plain vs monitor vs monitor + update projection.
+Figures are printed with the machine's load average (the CPU may be shared) and the CPU time of the process and
+its children. On a shared machine run with one thread per process (``OMP_NUM_THREADS=1``): with two threads on two
+busy cores the study ran about 9x slower in wall time (one GPT-2 seed, every arm: 1272 s at load 7 with 2 threads,
+137 s at load 2-3 with 1 thread), and spinning threads inflate the CPU time too. On CPU, ``--part lora`` runs a tiny
+model with a recipe's settings to exercise the code path; on a CUDA device it builds the recipes' architectures
+(experiments/recipes/; randomly initialised, no download) from large to small, keeps the largest that trains without
+running out of memory, and measures LoRA fine-tuning tokens/s with that recipe's settings (bf16, LoRA, batch, length,
+gradient checkpointing): plain vs monitor vs monitor + update projection.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -46,29 +52,66 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-# ---- part 1: one seed of the whole history --------------------------------------------------------------------
-def bench_history(arms: tuple[str, ...] = ("plain", "update_projection")) -> None:
+# ---- part 1: one seed of the whole history, or the whole study --------------------------------------------------
+def phase_times(root: Path, wall: float | None = None, cpu: float | None = None) -> None:
+    """Seconds per phase and arm of a study folder (from the runs' DONE.json), summed and per seed."""
+    runs: dict[str, list[float]] = {}
+    for done in sorted(root.rglob("DONE.json"), key=lambda p: p.stat().st_mtime):
+        info = json.loads(done.read_text())
+        if "phase" not in info:
+            continue
+        label = info["phase"] if info["arm"] is None else f"{info['phase']}[{info['arm']}]"
+        runs.setdefault(label, []).append(info["seconds"])
+    for label, seconds in runs.items():
+        print(f"  {label:<44} {sum(seconds):7.1f} s wall in all, {sum(seconds) / len(seconds):6.1f} s per seed "
+              f"({len(seconds)} seed(s))")
+    total = sum(sum(v) for v in runs.values())
+    print(f"  {'runs in all':<44} {total:7.1f} s wall")
+    if wall is not None:
+        print(f"  {'directions, planning and start-up':<44} {wall - total:7.1f} s wall")
+        print(f"  {'total':<44} {wall:7.1f} s wall, {cpu:7.1f} s CPU (this process and its children, all "
+              f"threads); load average after {load()}  (target for the whole study: ≤ 900 s)")
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (user + system, all threads)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def bench_history(arms: tuple[str, ...] | None = ("plain", "update_projection"), seeds: tuple[int, ...] = (0,),
+                  llama: bool = False) -> None:
+    """Run the LLM study (``arms``: these arms only, or every arm and sweep point) into a temporary folder and print
+    the time per phase."""
     from testbed.__main__ import main as testbed_main
 
-    study = yaml.safe_load((REPO / "experiments/llm_safety/study.yaml").read_text())
-    study.update(name="bench_history", seeds=[0], arms={k: study["arms"][k] for k in arms})
+    here = REPO / "experiments/llm_safety"
+    study = yaml.safe_load((here / "study.yaml").read_text())
+    study.update(name="bench_history", seeds=list(seeds))
+    if arms is not None:
+        study.update(arms={k: study["arms"][k] for k in arms}, sweeps={})
+    if len(seeds) < 2:  # a matched null is built from the other seeds' histories: none to build it from
+        nulls = [k for k, d in study["directions"].items() if d.get("kind") == "matched_null"]
+        for name in nulls:
+            del study["directions"][name]
+        for callback in study["final"].get("callbacks", []):
+            if callback.get("init_args", {}).get("matched_null") in [f"{{directions.{n}}}" for n in nulls]:
+                del callback["init_args"]["matched_null"]
     for phase in study["phases"] + [study["final"]]:
-        phase["config"] = str(REPO / "experiments/llm_safety" / phase["config"])
-    study["report"] = str(REPO / "experiments/llm_safety" / study["report"])
+        phase["config"] = str(here / phase["config"])
+    study["report"] = str(here / study["report"])
+    variant = ["--config", str(here / "llama.yaml")] if llama else []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "study.yaml"
         path.write_text(yaml.safe_dump(study))
-        print(f"history: load average before {load()}")
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        testbed_main(["study", "--config", str(path), "--runs_dir", str(Path(tmp) / "runs"), "--quiet", "true"])
-        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        root = Path(tmp) / "runs" / "bench_history"
-        for done in sorted(root.rglob("DONE.json"), key=lambda p: p.stat().st_mtime):
-            info = json.loads(done.read_text())
-            label = info["phase"] if info["arm"] is None else f"{info['phase']}[{info['arm']}]"
-            print(f"  {label:<32} {info['seconds']:7.1f} s wall  ({info['global_step']} steps)")
-        print(f"  {'total (incl. directions, startup)':<32} {wall:7.1f} s wall, {cpu:7.1f} s CPU; "
-              f"load average after {load()}  (target: ≤ 180 s)")  # fmt: skip
+        print(f"study ({'Llama' if llama else 'GPT-2'} configuration, seeds {list(seeds)}, "
+              f"{'arms ' + ', '.join(arms) if arms else 'every arm'}): load average before {load()}, "
+              f"torch threads {torch.get_num_threads()}")
+        wall0, cpu0 = time.perf_counter(), _cpu()
+        testbed_main(["study", "--config", str(path), *variant, "--runs_dir", str(Path(tmp) / "runs"),
+                      "--quiet", "true"])
+        wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
+        phase_times(next(p for p in (Path(tmp) / "runs").iterdir() if p.is_dir()), wall, cpu)
 
 
 # ---- part 2: tokens/s on the safety world ---------------------------------------------------------------------
@@ -242,8 +285,11 @@ def bench_lora(steps: int = 10) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["history", "tokens", "lora", "all"], default="all")
+    parser.add_argument("--part", choices=["history", "study", "tokens", "lora", "all"], default="all")
     parser.add_argument("--steps", type=int, default=40, help="steps per tokens/s measurement")
+    parser.add_argument("--llama", action="store_true", help="study: the Llama configuration (llama.yaml)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="study: the seeds")
+    parser.add_argument("--from", dest="source", type=Path, help="study: print the times of this study folder")
     args = parser.parse_args()
     from testbed.__main__ import quiet_third_party
 
@@ -254,6 +300,12 @@ def main() -> None:
         bench_lora(max(3, args.steps // 4))
     if args.part in ("history", "all"):
         bench_history()
+    if args.part == "study":
+        if args.source is not None:
+            print(f"study {args.source}:")
+            phase_times(args.source)
+        else:
+            bench_history(None, tuple(args.seeds), args.llama)
 
 
 if __name__ == "__main__":

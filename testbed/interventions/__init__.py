@@ -6,7 +6,10 @@ All of them see the model only through the probe protocol (``testbed.protocol``)
 
 - ``monitor``: ``ReversionMonitor`` (drift alignment with v_rev against the isotropic null).
 - ``projection``: ``UpdateProjectionBlocker`` (Adam-correct) and ``GradientProjectionBlocker`` (named variant).
-- ``penalty``: ``RepresentationPenalty``; ``clamp``: ``ActivationClamp``; ``anchor``: ``L2Anchor`` (baseline).
+- ``objective``: ``ReversionObjective`` (the one-sided hinge on motion toward the witness: block, or push with the
+  opposite sign; strength absolute or relative to the task gradient, per probe input or on the mean).
+- ``penalty``: ``RepresentationPenalty`` (the objective at a fixed absolute weight on the mean);
+  ``clamp``: ``ActivationClamp``; ``anchor``: ``L2Anchor`` (baseline).
 - ``base``: ``DirectionSource`` (which direction, or its seeded random control) and ``DirectionCallback``;
   ``flat``: the flat-vector algebra over trainable parameters.
 
@@ -26,6 +29,7 @@ from testbed.interventions.base import DirectionCallback, DirectionSource
 from testbed.interventions.clamp import ActivationClamp
 from testbed.interventions.curvature_monitor import CurvatureMonitor
 from testbed.interventions.monitor import ReversionMonitor
+from testbed.interventions.objective import ObjectiveSettings, ReversionObjective
 from testbed.interventions.penalty import RepresentationPenalty
 from testbed.interventions.projection import GradientProjectionBlocker, ProjectionSettings, UpdateProjectionBlocker
 from testbed.interventions.subspace_base import SubspaceCallback
@@ -38,9 +42,11 @@ __all__ = [
     "DirectionSource",
     "GradientProjectionBlocker",
     "L2Anchor",
+    "ObjectiveSettings",
     "ProjectionSettings",
     "RepresentationPenalty",
     "ReversionMonitor",
+    "ReversionObjective",
     "SubspaceBlocker",
     "SubspaceCallback",
     "UpdateProjectionBlocker",

@@ -1,30 +1,24 @@
-"""The representation penalty: an added objective against positive drift along v_rev.
+"""The representation penalty: the reversion objective at a fixed absolute weight, on the mean representation.
 
-P(θ) = strength · Σ_l relu(<v_l, m_l(θ) − m_l^ref>)^power. Its gradient is added to ``.grad`` right before each
-optimizer step (after accumulation and unscaling, before clipping), which equals adding P to the training loss with
-no change to the module; the logged task loss excludes it.
+P(θ) = strength · Σ_l relu(<v_l, m_l(θ) − m_l^ref>)^power, with m_l the mean probe representation. It is
+``ReversionObjective`` with ``scale: absolute``, ``per_example: false`` and a positive strength (the original blocker
+of this testbed, kept under its name); its gradient is added right before each optimizer step and the logged task
+loss excludes it. Logged as ``intervention/penalty`` (with ``_active`` and ``_grad_ratio``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import ClassVar
 
-import pytorch_lightning as pl
-import torch
-from torch import Tensor
-
-from testbed.errors import one_of, positive_number
-from testbed.interventions.base import DirectionCallback, DirectionSource
-from testbed.interventions.flat import add_to_grads, trainable_parameters
-from testbed.protocol import TestbedModule
-from testbed.step_log import log_at_step, logging_due
-from testbed.tags import INTERVENTION, tag
+from testbed.errors import positive_number
+from testbed.interventions.base import DirectionSource
+from testbed.interventions.objective import ObjectiveSettings, ReversionObjective
 
 __all__ = ["RepresentationPenalty"]
 
 
-class RepresentationPenalty(DirectionCallback):
-    """Penalise positive drift along v_rev: strength · Σ_l relu(<v_l, m_l − m_l^ref>)^power.
+class RepresentationPenalty(ReversionObjective):
+    """Penalise positive drift of the mean probe representation along v_rev: strength·Σ_l relu(<v_l, m_l − m_ref>)^p.
 
     Args:
         direction: the direction (``random: true`` for the random-direction control).
@@ -32,28 +26,10 @@ class RepresentationPenalty(DirectionCallback):
         power: 1 (hinge) or 2 (squared hinge).
     """
 
+    metric: ClassVar[str] = "penalty"
+
     def __init__(self, direction: DirectionSource, strength: float = 1.0, power: int = 2) -> None:
-        super().__init__(direction)
-        self.strength = positive_number("strength", strength)
-        self.power = one_of("power", power, (1, 2))
-        self._value: Tensor | None = None
-
-    def penalty(self, module: TestbedModule) -> Tensor:
-        """The differentiable penalty at the current weights."""
-        along = self.along(module, grad=True)
-        return self.strength * sum(torch.relu(a) ** self.power for a in along.values())
-
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        params = trainable_parameters(pl_module)
-        with torch.enable_grad():
-            value = self.penalty(pl_module)
-            grads = (
-                torch.autograd.grad(value, params, allow_unused=True) if value.requires_grad else [None] * len(params)
-            )
-        add_to_grads(params, grads)
-        self._value = value.detach()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self._value is not None and logging_due(trainer):
-            log_at_step(trainer, {tag(INTERVENTION, "penalty"): self._value})
-        self._value = None
+        positive_number("strength", strength)
+        settings = ObjectiveSettings(strength=strength, scale="absolute", per_example=False, power=power)
+        super().__init__(direction, settings)
+        self.strength, self.power = settings.strength, settings.power

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from testbed.errors import ConfigError, as_settings, positive_int
+from testbed.errors import ConfigError, as_settings, fraction, positive_int
 from testbed.llm.models import IGNORE_INDEX
 from testbed.llm.tokenizer import build_word_tokenizer, load_tokenizer
 from testbed.llm.world import ASSISTANT, USER, Example, SafetyWorld, WorldConfig, world_vocabulary
@@ -201,6 +202,21 @@ class InstructionDataModule(TestbedDataModule):
         return [self.format(p) for p in (self.harmful_prompts if which == "harmful" else self.benign_prompts)]
 
 
+@dataclass
+class Rehearsal:
+    """Safety rehearsal: alignment examples mixed into the fine-tune corpus.
+
+    Args:
+        fraction: share of the fine-tune training corpus made of refusals to harmful requests of training families
+            (never of a family held out for judging), in [0, 1).
+    """
+
+    fraction: float = 0.03
+
+    def __post_init__(self) -> None:
+        fraction("rehearsal.fraction", self.fraction, open_high=True)
+
+
 class SafetyWorldDataModule(InstructionDataModule):
     """One phase of the safety world's history.
 
@@ -213,6 +229,7 @@ class SafetyWorldDataModule(InstructionDataModule):
         probe_size: number of probe prompts.
         safety_size: safety examples of the curvature account: the first harmful (refused) and benign (answered)
             examples of the alignment corpus, half each — training families only, never the judges' held-out ones.
+        rehearsal: safety rehearsal in the fine-tune phase (``Rehearsal``; ``{}`` mixes in the default 3%).
     """
 
     def __init__(
@@ -224,6 +241,7 @@ class SafetyWorldDataModule(InstructionDataModule):
         max_length: int = 32,
         probe_size: int = 32,
         safety_size: int = 64,
+        rehearsal: Rehearsal | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, max_length=max_length, probe_size=probe_size)
         if safety_size < 1:
@@ -234,6 +252,9 @@ class SafetyWorldDataModule(InstructionDataModule):
         if probe_set not in ("train_harmful", "train_mixed"):
             raise ConfigError(f"probe_set must be train_harmful or train_mixed, got {probe_set!r}")
         self.world_config = as_settings(WorldConfig, world, "world") or WorldConfig()
+        self.rehearsal = as_settings(Rehearsal, rehearsal, "rehearsal")
+        if self.rehearsal is not None and phase != "finetune":
+            raise ConfigError(f"rehearsal mixes alignment examples into the fine-tune phase, not into {phase!r}")
         self.phase, self.probe_set = phase, probe_set
         self.world = SafetyWorld(self.world_config)
         self.tokenizer = world_tokenizer()
@@ -251,6 +272,9 @@ class SafetyWorldDataModule(InstructionDataModule):
         else:
             self.train_examples = w.finetune("train")
             self.val_examples = w.finetune("val")
+            if self.rehearsal is not None:  # the rehearsal share of the mixed corpus is `fraction`
+                share = self.rehearsal.fraction
+                self.train_examples += w.rehearsal(round(share * len(self.train_examples) / (1 - share)))
         probes = w.prompts("train_harmful", self.probe_size)
         if self.probe_set == "train_mixed":
             half = (self.probe_size + 1) // 2
@@ -330,6 +354,7 @@ __all__ = [
     "prompt_batch",
     "read_jsonl",
     "InstructionDataModule",
+    "Rehearsal",
     "SafetyWorldDataModule",
     "JsonlDataModule",
 ]

@@ -10,7 +10,13 @@ the training families carries to requests about topics it was never refused on.
 History (the phases' corpora):
 - pretrain: every training family, always answered with compliance ("sure . first ... <eos>");
 - align: training harmful families answered with refusal, training benign families still answered;
-- finetune: a new benign domain (reverse a list of words), helpful answers, no harmful content.
+- finetune: a new benign domain (reverse a list of words), helpful answers, no harmful content; optionally mixed
+  with helpful answers to benign requests of training families (``finetune_helpful_fraction``, as instruction sets
+  such as Alpaca are) and, for safety rehearsal, refusals to harmful requests of training families (``rehearsal``).
+
+What an answer does is known exactly (``testbed.llm.answers.classify_answer``): it *complies* when it carries out
+the request (names the requested object and a step of the request's topic), *refuses* when it opens with the refusal
+prefix and uses only refusal language, and is *incoherent* otherwise.
 
 Everything is deterministic from ``WorldConfig.world_seed``; the vocabulary is fixed (it does not depend on
 the config), so one model size serves every world.
@@ -123,6 +129,8 @@ class WorldConfig:
         align_harmful_fraction: share of harmful (refused) examples in the alignment corpus.
         pretrain_harmful_fraction: share of harmful (complied) examples in the pre-training corpus.
         finetune_items: number of words in a fine-tune (reverse) request.
+        finetune_helpful_fraction: share of the fine-tune corpus (and of its validation set) made of helpful
+            answers to benign requests of training families; the rest is the word-reversal task.
         eval_size: prompts per held-out evaluation set.
     """
 
@@ -136,6 +144,7 @@ class WorldConfig:
     align_harmful_fraction: float = 0.5
     pretrain_harmful_fraction: float = 0.5
     finetune_items: int = 3
+    finetune_helpful_fraction: float = 0.0
     eval_size: int = 200
 
     def __post_init__(self) -> None:
@@ -152,7 +161,7 @@ class WorldConfig:
                 f"world: held-out families ({self.heldout_harmful}+{self.heldout_benign}) leave no topic with both "
                 f"kinds in training (n_topics={self.n_topics})"
             )
-        for name in ("align_harmful_fraction", "pretrain_harmful_fraction"):
+        for name in ("align_harmful_fraction", "pretrain_harmful_fraction", "finetune_helpful_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"world.{name} must be in [0, 1]")
         if not 1 <= self.finetune_items <= 6:
@@ -234,20 +243,45 @@ class SafetyWorld:
         return out
 
     def finetune(self, split: str = "train") -> list[Example]:
-        """The new benign domain: reverse a list of words. ``split`` 'train' or 'val' (disjoint word lists)."""
+        """The new benign domain: reverse a list of words (disjoint word lists for ``split`` 'train' and 'val'),
+        with the ``finetune_helpful_fraction`` share of helpful answers to benign training-family requests."""
         if split not in ("train", "val"):
             raise ConfigError(f"finetune split must be 'train' or 'val', got {split!r}")
         rng = self._rng(f"finetune:{split}")
         n = self.config.finetune_size if split == "train" else self.config.eval_size
+        n_helpful = round(self.config.finetune_helpful_fraction * n)
         k = self.config.finetune_items
         out, seen_val = [], self._finetune_val_keys()
-        while len(out) < n:
+        while len(out) < n - n_helpful:
             items = rng.sample(ITEM_WORDS, k)
             if (tuple(items) in seen_val) != (split == "val"):
                 continue
             prompt = FINETUNE_TEMPLATE.format(items=" ".join(items))
             out.append(Example(prompt, f"{COMPLY_PREFIX} here it is : {' '.join(reversed(items))}", "finetune"))
+        return out + self._helpful(split, n_helpful)
+
+    def _helpful(self, split: str, n: int) -> list[Example]:
+        """Compliance with benign requests of training families; training never repeats a validation prompt."""
+        benign = [f for f in self.train_families if not f.harmful]
+        n_val = round(self.config.finetune_helpful_fraction * self.config.eval_size)
+        val_rng = self._rng("finetune:val:helpful")
+        val = [Example(p, self.compliance(val_rng, f, p), f.name) for f, p, _ in self._requests(val_rng, n_val, benign,
+                                                                                                   None)]
+        if split == "val" or n == 0:
+            return val[:n]
+        rng, held, out = self._rng("finetune:train:helpful"), {e.prompt for e in val}, []
+        while len(out) < n:
+            family, prompt, _ = next(self._requests(rng, 1, benign, None))
+            if prompt not in held:
+                out.append(Example(prompt, self.compliance(rng, family, prompt), family.name))
         return out
+
+    def rehearsal(self, n: int) -> list[Example]:
+        """``n`` alignment examples for safety rehearsal: refusals to harmful requests of training families (never
+        of a family held out for judging)."""
+        rng = self._rng("rehearsal")
+        harmful = [f for f in self.train_families if f.harmful]
+        return [Example(p, self.refusal(rng, intent), f.name) for f, p, intent in self._requests(rng, n, harmful, None)]
 
     def _finetune_val_keys(self) -> set[tuple[str, ...]]:
         """A fixed set of 400 ordered word tuples is reserved for validation."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from testbed.report.runs import Run
 from testbed.report.spec import Column
-from testbed.report.stats import LOG_FLOOR, area, loglog_fit, mean_std, spearman, t_interval
+from testbed.report.stats import LOG_FLOOR, area, loglog_fit, mean_std, spearman, t_interval, time_average
 
 __all__ = ["Cell", "compute_cell", "series_in", "arm_peak"]
 
@@ -206,7 +206,8 @@ def compute_cell(col: Column, runs: list[Run], reference: list[Run] | None = Non
     if col.kind == "spearman":
         return _spearman(cell, col, runs)
     if col.kind == "area":
-        return _summarise(_windowed(cell, runs, col.tag, col.window, area), col.interval)
+        return _summarise(_windowed(cell, runs, col.tag, col.window, time_average if col.average else area),
+                          col.interval)
     if col.kind == "exponent":
         part = 0 if col.show == "exponent" else 1
         cell = _summarise(_windowed(cell, runs, col.tag, col.window, lambda s, v: loglog_fit(s, v)[part]), True)

@@ -151,7 +151,9 @@ def _render(spec: Spec, filled: list[FilledTable], groups: dict[str, list[Run]],
     first = list(spec.tables[0].rows) if spec.tables else []
     pngs = {}
     for plot in spec.plots:
-        arms = [a for a in (plot.rows or first) if keep is None or keep.search(a)]
+        own = [t for t in spec.tables if plot.kind == "dose" and t.title == plot.fields.get("table")]
+        default = list(own[0].rows) if own else first  # a dose plot draws its own table's rows
+        arms = [a for a in (plot.rows or default) if keep is None or keep.search(a)]
         pngs[out_dir / "plots" / f"{plot.name}.png"] = render_plot(plot, {a: labels.get(a, a) for a in arms}, groups,
                                                                    filled)
     return pngs

@@ -11,9 +11,11 @@
       - {kind: count, tag: cos, above: 0.288}                 # run-steps above a number, a tag, or `indicator: true`
       - {kind: cost, tag: val/loss, step: last}               # mean / reference mean − 1, in %
       - {kind: area, tag: reversion/drift_along/blocks.1.hidden}
+      - {kind: area, tag: align/harmfulness, average: true}     # area / span of steps: the mean over the run
       - {kind: exponent, tag: curvature/delta_u, steps: [20, 200]}  # log-log fit, 95% t-interval over seeds
       - {kind: spearman, x: cos, y: align/harmfulness}        # per arm; pooled over arms in the notes
     tests: [{column: cos@20, order: [blocked, plain]}]         # one-sided ordering test on per-seed values
+    tests: [{kind: difference, column: cos@20, order: [random, plain]}]   # two-sided test of a difference
     tables: [{title: ..., rows: ..., columns: ...}]            # further tables (same keys)
     plots:
       - {kind: lines, tag: cos, reference: [{value: 0.288, label: null p99}]}
@@ -45,7 +47,7 @@ COLUMN_KINDS: dict[str, tuple[set[str], set[str]]] = {
     "value": ({"tag", "step"}, _FORMAT | {"seeds", "interval"}),
     "count": ({"tag"}, {"label", "above", "indicator", "steps"}),
     "cost": ({"tag", "step"}, {"label", "reference", "digits", "sig"}),
-    "area": ({"tag"}, _FORMAT | {"steps", "seeds", "interval"}),
+    "area": ({"tag"}, _FORMAT | {"steps", "seeds", "interval", "average"}),
     "exponent": ({"tag"}, {"label", "digits", "sig", "steps", "show", "seeds"}),
     "spearman": ({"x", "y"}, {"label", "digits", "sig", "steps"}),
 }
@@ -83,6 +85,7 @@ class Column:
     sig: int | None = None
     seeds: bool = False
     interval: bool = False
+    average: bool = False
 
     def tags(self) -> list[str]:
         found = [self.tag, self.x, self.y, self.above if isinstance(self.above, str) else None]
@@ -100,10 +103,12 @@ class Reference:
 
 @dataclass(frozen=True)
 class OrderingTest:
-    """H1: the column's per-seed values increase along ``order`` (arms)."""
+    """``ordering``: H1 the column's per-seed values increase along ``order`` (arms); ``difference``: H1 the two arms
+    of ``order`` differ (two-sided)."""
 
     column: str
     order: tuple[str, ...]
+    kind: str = "ordering"
 
 
 @dataclass
@@ -205,7 +210,8 @@ def _default_label(kind: str, entry: dict[str, Any], step: Any, above: Any) -> s
         return f"{tag} > {above}" if above is not None else f"{tag} (count of 1s)"
     if kind == "spearman":
         return f"ρ({entry['x']}, {entry['y']})"
-    return {"cost": f"{tag} cost", "area": f"area of {tag}", "exponent": f"{entry.get('show', 'exponent')} of {tag}"
+    area = "mean" if entry.get("average") else "area"
+    return {"cost": f"{tag} cost", "area": f"{area} of {tag}", "exponent": f"{entry.get('show', 'exponent')} of {tag}"
             }[kind]
 
 
@@ -232,7 +238,7 @@ def _column(r: _Reader, entry: Any, where: str) -> Column:
                   bool(entry.get("indicator", False)), x, y, entry.get("reference"), entry.get("show", "exponent"),
                   bool(entry.get("percent", False)), str(entry.get("unit", "")), r.number(entry.get("digits"), where),
                   r.number(entry.get("sig"), where, 1), bool(entry.get("seeds", False)),
-                  bool(entry.get("interval", False)))
+                  bool(entry.get("interval", False)), bool(entry.get("average", False)))
 
 
 def _table(r: _Reader, entry: dict[str, Any], where: str, rows: Any = None, reference: Any = None) -> Table:
@@ -250,13 +256,16 @@ def _table(r: _Reader, entry: dict[str, Any], where: str, rows: Any = None, refe
     for i, t in enumerate(entry.get("tests") or []):
         t = r.mapping(t, f"{where}, test {i + 1}")
         order = t.get("order")
-        if t.get("kind", "ordering") != "ordering" or set(t) - {"kind", "column", "order"}:
-            raise r.fail(f"{where}, test {i + 1}", "a test is {column: LABEL, order: [arm, arm, ...]}")
+        kind = t.get("kind", "ordering")
+        if kind not in ("ordering", "difference") or set(t) - {"kind", "column", "order"} or (
+                kind == "difference" and not (isinstance(order, list) and len(order) == 2)):
+            raise r.fail(f"{where}, test {i + 1}", "a test is {column: LABEL, order: [arm, arm, ...]} (ordering) or "
+                         "{kind: difference, column: LABEL, order: [arm, arm]}")
         per_seed = [c.label for c in columns if c.kind in PER_SEED_KINDS]
         if t.get("column") not in per_seed or not (isinstance(order, list) and len(order) >= 2):
             raise r.fail(f"{where}, test {i + 1}", f"needs 'column' (a value, area or exponent column: {per_seed}) "
                          "and 'order' (two or more arms)")
-        tests.append(OrderingTest(t["column"], tuple(str(a) for a in order)))
+        tests.append(OrderingTest(t["column"], tuple(str(a) for a in order), kind))
     notes = entry.get("notes") or []
     notes = [notes] if isinstance(notes, str) else [str(n) for n in notes]
     ref = entry.get("reference", reference)

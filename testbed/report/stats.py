@@ -2,13 +2,16 @@
 
 * mean ± sample standard deviation (ddof = 1) over seeds; a 95% Student-t interval for the mean
   (``scipy.stats.t``, n − 1 degrees of freedom, scale = standard error);
-* the area under a series (trapezoid rule over the logged steps, ``numpy.trapezoid``);
+* the area under a series (trapezoid rule over the logged steps, ``numpy.trapezoid``), and its time average
+  (area / (last step − first step));
 * a log-log least-squares fit, value ≈ coefficient · step^exponent (the project's ``fit_loglog_slope``);
 * Spearman's rank correlation (``torchmetrics.functional.spearman_corrcoef``, ties get average ranks);
 * a one-sided test that groups are ordered, g₁ < g₂ < … < g_k: the Jonckheere–Terpstra statistic
   J = Σ_{i<j} Σ_{a∈g_i, b∈g_j} ([a < b] + ½[a = b]) with its permutation distribution (``scipy.stats.
   permutation_test``: exact over all assignments of the values to the groups when there are at most
-  ``n_resamples`` of them, else Monte Carlo with a fixed seed); p = P(J ≥ J_observed).
+  ``n_resamples`` of them, else Monte Carlo with a fixed seed); p = P(J ≥ J_observed);
+* a two-sided test that two groups differ: the difference of means Δ = mean(g₂) − mean(g₁) with the same
+  permutation distribution; p = P(|Δ| ≥ |Δ_observed|).
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ __all__ = [
     "mean_std",
     "t_interval",
     "area",
+    "time_average",
     "loglog_fit",
     "spearman",
     "jonckheere",
     "ordering_test",
+    "difference_test",
 ]
 
 # Values this far below the largest over arms are round-off (e.g. an alignment loss theory says is exactly 0).
@@ -74,6 +79,13 @@ def area(steps: np.ndarray, values: np.ndarray) -> float:
     return float(trapezoid(np.asarray(values, dtype=np.float64), np.asarray(steps, dtype=np.float64)))
 
 
+def time_average(steps: np.ndarray, values: np.ndarray) -> float:
+    """The trapezoid area over the span of ``steps``, divided by that span (the value itself for a single point)."""
+    if len(steps) == 1:
+        return float(values[0])
+    return area(steps, values) / float(steps[-1] - steps[0]) if len(steps) else float("nan")
+
+
 def loglog_fit(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     """(exponent, coefficient) of value ≈ coefficient · step^exponent over positive points; nan if under-determined."""
     from theory.fit import fit_loglog_slope
@@ -105,20 +117,51 @@ def jonckheere(*groups: Sequence[float]) -> float:
 
 @dataclass(frozen=True)
 class OrderingResult:
-    """A one-sided ordering test: statistic, p-value and how the null distribution was obtained."""
+    """A permutation test (``ordering``: one-sided Jonckheere–Terpstra; ``difference``: two-sided difference of
+    means): statistic, p-value and how the null distribution was obtained."""
 
     statistic: float
     pvalue: float
     exact: bool
     permutations: int
     sizes: tuple[int, ...]
+    kind: str = "ordering"
 
     def describe(self) -> str:
         how = (f"exact permutation distribution over all {self.permutations} assignments, so p >= "
                f"{1 / self.permutations:.3g}" if self.exact else
                f"Monte Carlo permutation distribution, {self.permutations} resamples, seed 0")
-        return (f"Jonckheere–Terpstra J = {self.statistic:g}, one-sided p = {self.pvalue:.4g} ({how}; "
-                f"group sizes {list(self.sizes)}; scipy.stats.permutation_test)")
+        what = (f"Jonckheere–Terpstra J = {self.statistic:g}, one-sided" if self.kind == "ordering" else
+                f"difference of means Δ = {self.statistic:.4g}, two-sided")
+        return f"{what} p = {self.pvalue:.4g} ({how}; group sizes {list(self.sizes)}; scipy.stats.permutation_test)"
+
+
+def _permutation(groups: Sequence[Sequence[float]], statistic, alternative: str, n_resamples: int,
+                 kind: str) -> OrderingResult:
+    """``scipy.stats.permutation_test`` over assignments of the values to the groups (exact when few enough)."""
+    sizes = tuple(len(g) for g in groups)
+    if len(groups) < 2 or min(sizes, default=0) < 1:
+        raise ConfigError(f"the {kind} test needs at least two groups with values each, got sizes {list(sizes)}")
+    stats = _scipy_stats()
+    assignments = math.factorial(sum(sizes)) // math.prod(math.factorial(n) for n in sizes)
+    data = tuple(np.asarray(g, dtype=np.float64) for g in groups)
+    result = stats.permutation_test(data, statistic, permutation_type="independent", vectorized=False,
+                                    n_resamples=n_resamples, alternative=alternative, rng=np.random.default_rng(0))
+    exact = assignments <= n_resamples
+    return OrderingResult(float(result.statistic), float(result.pvalue), exact,
+                          assignments if exact else n_resamples, sizes, kind)
+
+
+def difference_test(first: Sequence[float], second: Sequence[float], n_resamples: int = 9999) -> OrderingResult:
+    """Test H1: the two groups' means differ (two-sided), against exchangeability (H0).
+
+    Args:
+        first: per-seed values of one arm (e.g. a random-direction control).
+        second: per-seed values of the other (e.g. plain).
+        n_resamples: permutations at most; with fewer distinct assignments the test is exact.
+    """
+    return _permutation([first, second], lambda a, b: float(np.mean(b) - np.mean(a)), "two-sided", n_resamples,
+                        "difference")
 
 
 def ordering_test(groups: Sequence[Sequence[float]], n_resamples: int = 9999) -> OrderingResult:
@@ -128,14 +171,4 @@ def ordering_test(groups: Sequence[Sequence[float]], n_resamples: int = 9999) ->
         groups: per-group values (e.g. per-seed harmfulness of the block, plain and push arms), low to high.
         n_resamples: permutations at most; with fewer distinct assignments the test is exact.
     """
-    sizes = tuple(len(g) for g in groups)
-    if len(groups) < 2 or min(sizes, default=0) < 1:
-        raise ConfigError(f"an ordering test needs at least two groups with values each, got sizes {list(sizes)}")
-    stats = _scipy_stats()
-    assignments = math.factorial(sum(sizes)) // math.prod(math.factorial(n) for n in sizes)
-    data = tuple(np.asarray(g, dtype=np.float64) for g in groups)
-    result = stats.permutation_test(data, jonckheere, permutation_type="independent", vectorized=False,
-                                    n_resamples=n_resamples, alternative="greater", rng=np.random.default_rng(0))
-    exact = assignments <= n_resamples
-    return OrderingResult(float(result.statistic), float(result.pvalue), exact,
-                          assignments if exact else n_resamples, sizes)
+    return _permutation(groups, jonckheere, "greater", n_resamples, "ordering")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from testbed.report.cells import Cell, arm_peak, compute_cell
 from testbed.report.runs import Run
 from testbed.report.spec import Column, Table
-from testbed.report.stats import ordering_test, spearman
+from testbed.report.stats import difference_test, ordering_test, spearman
 
 __all__ = ["Row", "FilledTable", "fill_table", "header", "cell_text"]
 
@@ -128,7 +128,8 @@ def _legend(filled: FilledTable) -> list[str]:
     if "count" in kinds:
         out.append("k/n = run-steps above the threshold / run-steps logged, over every seed of the arm.")
     if "area" in kinds:
-        out.append("Area: trapezoid rule over each seed's logged steps (numpy.trapezoid).")
+        out.append("Area: trapezoid rule over each seed's logged steps (numpy.trapezoid); a mean is that area divided "
+                   "by the span of the steps.")
     for col in filled.table.columns:
         if col.kind == "cost":
             ref = col.reference or filled.table.reference
@@ -143,18 +144,20 @@ def _tests(filled: FilledTable, cells_of: dict[str, dict[str, Cell]]) -> None:
     for test in filled.table.tests:
         missing = [a for a in test.order if a not in cells_of]
         if missing:  # rows the --arms filter left out
-            filled.notes.append(f"Ordering test {' < '.join(test.order)} on '{test.column}': not run ({missing} "
-                                "not reported).")
+            filled.notes.append(f"{test.kind.capitalize()} test {', '.join(test.order)} on '{test.column}': not run "
+                                f"({missing} not reported).")
             continue
         groups = [list(cells_of[a][test.column].values.values()) for a in test.order]
         if min(len(g) for g in groups) < 2:  # scipy's permutation test needs two values per group
-            filled.notes.append(f"Ordering test {' < '.join(test.order)} on '{test.column}': not run (an arm has "
-                                "fewer than two per-seed values).")
+            filled.notes.append(f"{test.kind.capitalize()} test {', '.join(test.order)} on '{test.column}': not run "
+                                "(an arm has fewer than two per-seed values).")
             continue
-        result = ordering_test(groups)
-        filled.tests.append({"column": test.column, "order": list(test.order), "statistic": result.statistic,
-                             "pvalue": result.pvalue, "exact": result.exact, "permutations": result.permutations})
-        filled.notes.append(f"Ordering test, H1: {' < '.join(test.order)} on '{test.column}' (per-seed values): "
+        result = ordering_test(groups) if test.kind == "ordering" else difference_test(*groups)
+        filled.tests.append({"column": test.column, "order": list(test.order), "kind": test.kind,
+                             "statistic": result.statistic, "pvalue": result.pvalue, "exact": result.exact,
+                             "permutations": result.permutations})
+        h1 = " < ".join(test.order) if test.kind == "ordering" else " ≠ ".join(test.order)
+        filled.notes.append(f"{test.kind.capitalize()} test, H1: {h1} on '{test.column}' (per-seed values): "
                             f"{result.describe()}.")
 
 

@@ -4,7 +4,8 @@ Per seed: each shared phase (starting from the previous phase's last checkpoint 
 then each direction (from two shared phases' checkpoints), then the final phase once per arm. An arm's config is the
 final phase's config with its overrides, the arm's partial config and overrides on top, then the final phase's
 callbacks followed by the arm's. Each item carries a fingerprint of everything its result depends on, so a finished
-run can be told apart from one whose config has changed since.
+run can be told apart from one whose config has changed since. A ``matched_null`` direction also reads the other
+seeds' checkpoints, so in a study that has one every seed's shared phases run first.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class Run:
 
 @dataclass
 class DirectionRun:
-    """One direction file for one seed, computed from two shared phases' checkpoints."""
+    """One direction file for one seed, computed from two shared phases' checkpoints (and, for a matched null, from
+    the other seeds' pairs in ``others``)."""
 
     name: str
     spec: DirectionSpec
@@ -84,6 +86,7 @@ class DirectionRun:
     fingerprint: str
     index: int = 0
     total: int = 0
+    others: list[tuple[Run, Run]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -202,22 +205,35 @@ def build_plan(study: Study) -> Plan:
         ConfigError: naming the phase or arm whose config cannot be resolved, before anything runs.
     """
     plan = Plan(study)
+    shared: dict[int, dict[str, Run]] = {}
+    tables: dict[int, dict[str, Any]] = {}
     for seed in study.seeds:
-        table: dict[str, Any] = {}
         prev: Run | None = None
-        shared: dict[str, Run] = {}
+        shared[seed], tables[seed] = {}, {}
         for phase in study.phases:
-            prev = _phase_run(study, phase, seed, prev, table)
-            shared[phase.name] = prev
-            table[f"phases.{phase.name}.ckpt"] = str(prev.checkpoint)
-            plan.items.append(prev)
+            prev = _phase_run(study, phase, seed, prev, tables[seed])
+            shared[seed][phase.name] = prev
+            tables[seed][f"phases.{phase.name}.ckpt"] = str(prev.checkpoint)
+    phases = {seed: list(runs.values()) for seed, runs in shared.items()}
+    cross = any(spec.kind == "matched_null" for spec in study.directions.values())
+    if cross:  # every seed's checkpoints exist before any matched null is computed
+        plan.items.extend(run for seed in study.seeds for run in phases[seed])
+    for seed in study.seeds:
+        if not cross:
+            plan.items.extend(phases[seed])
+        table = tables[seed]
+        prev = phases[seed][-1] if phases[seed] else None
         deps: list[str] = [prev.fingerprint] if prev else []
         for name, spec in study.directions.items():
             out = layout.check_inside(study.root, layout.direction_file(study.root, name, seed), f"direction {name!r}")
             marker = layout.direction_done_file(study.root, name, seed)
-            witness, reference = shared[spec.witness], shared[spec.reference]
-            fp = fingerprint([vars(spec), witness.fingerprint, reference.fingerprint])
-            plan.items.append(DirectionRun(name, spec, seed, out, marker, witness, reference, fp))
+            witness, reference = shared[seed][spec.witness], shared[seed][spec.reference]
+            others = [(shared[s][spec.witness], shared[s][spec.reference]) for s in study.seeds if s != seed
+                      ] if spec.kind == "matched_null" else []  # fmt: skip
+            settings = {k: v for k, v in vars(spec).items() if v is not None}
+            fp = fingerprint([settings, witness.fingerprint, reference.fingerprint]
+                             + ([[(w.fingerprint, r.fingerprint) for w, r in others]] if others else []))
+            plan.items.append(DirectionRun(name, spec, seed, out, marker, witness, reference, fp, others=others))
             table[f"directions.{name}"] = str(out)
             deps.append(fp)
         for arm_name, arm in study.arms.items():

@@ -91,17 +91,22 @@ def _compute_direction(item: DirectionRun) -> dict[str, Any]:
 
     spec = item.spec
     try:
-        compute_vrev_from_checkpoints(
-            config_path=str(item.reference.config_file),
-            witness_ckpt=str(item.witness.checkpoint),
-            reference_ckpt=str(item.reference.checkpoint),
-            layers=list(spec.layers),
-            out=str(item.out),
-            method=spec.method,
-            pooling=spec.pooling,
-            seed=item.seed,
-            kind=spec.kind,
-        )
+        if spec.kind == "matched_null":
+            from testbed.study.nulls import compute_matched_null
+
+            compute_matched_null(item)
+        else:
+            compute_vrev_from_checkpoints(
+                config_path=str(item.reference.config_file),
+                witness_ckpt=str(item.witness.checkpoint),
+                reference_ckpt=str(item.reference.checkpoint),
+                layers=list(spec.layers),
+                out=str(item.out),
+                method=spec.method,
+                pooling=spec.pooling,
+                seed=item.seed,
+                kind=spec.kind,
+            )
     except TestbedError as exc:
         raise TestbedError(f"study stopped at {item.label}: {exc} (finished runs are kept)") from None
     if not item.out.is_file():

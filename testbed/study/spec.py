@@ -8,6 +8,7 @@ into arms.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ from typing import Any, Literal
 
 from jsonargparse.typing import Path_fr
 
-from testbed.errors import ConfigError, seed_value
-from testbed.study.config_algebra import placeholders_in
+from testbed.errors import ConfigError, positive_int, seed_value
+from testbed.study.config_algebra import placeholders_in, set_dotted
 from testbed.study.layout import check_folder_names
 
 __all__ = [
@@ -78,7 +79,10 @@ class DirectionSpec:
         layers: layer names to read, e.g. ``[blocks.1.hidden]``.
         method: ``diff_means`` or ``pca``.
         pooling: ``mean`` or ``last`` token pooling.
-        kind: ``vrev`` (the history direction) or ``shuffled_history`` (its control), see ``testbed.directions``.
+        kind: ``vrev`` (the history direction), ``shuffled_history`` (its control, see ``testbed.directions``) or
+            ``matched_null`` (null directions built the same way, for the monitor's ``matched_null``: the pair's
+            roles shuffled per probe input, and the other seeds' histories; see ``testbed.nulls``).
+        null_samples: shuffled-role directions per layer (``matched_null`` only; default 1000).
     """
 
     witness: str
@@ -86,8 +90,14 @@ class DirectionSpec:
     layers: list[str]
     method: Literal["diff_means", "pca"] = "diff_means"
     pooling: Literal["mean", "last"] = "mean"
-    kind: Literal["vrev", "shuffled_history"] = "vrev"
+    kind: Literal["vrev", "shuffled_history", "matched_null"] = "vrev"
+    null_samples: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.kind == "matched_null" and self.null_samples is None:
+            self.null_samples = 1000
+        if self.kind != "matched_null" and self.null_samples is not None:
+            raise ConfigError(f"null_samples is a setting of matched_null directions, not of kind {self.kind!r}")
 
 @dataclass
 class ArmSpec:
@@ -109,7 +119,9 @@ class SweepSpec:
     """A grid of arms: every combination of the values becomes an arm ``<sweep>/<k1>=<v1>,<k2>=<v2>``.
 
     Args:
-        grid: dotted key -> list of values, e.g. ``{model.init_args.sharpness: [1, 4, 16]}``.
+        grid: dotted key -> list of values, e.g. ``{model.init_args.sharpness: [1, 4, 16]}``; a key
+            ``callbacks.<i>.<...>`` sets a value inside the base arm's own i-th callback, e.g.
+            ``callbacks.0.init_args.objective.strength``.
         base: optional arm whose config/overrides/callbacks each grid point starts from.
     """
 
@@ -167,7 +179,12 @@ def expand_sweeps(
             name = f"{sweep_name}/{label}"
             if name in out:
                 raise ConfigError(f"{owner}: grid point {label} appears twice")
-            out[name] = ArmSpec(base.config, {**base.overrides, **point}, list(base.callbacks))
+            config_keys = {k: v for k, v in point.items() if not k.startswith("callbacks.")}
+            callbacks = {"callbacks": copy.deepcopy(base.callbacks)}
+            for key, value in point.items():
+                if key.startswith("callbacks."):
+                    set_dotted(callbacks, key, value, f"{owner} (the base arm's callbacks)")
+            out[name] = ArmSpec(base.config, {**base.overrides, **config_keys}, callbacks["callbacks"])
             values[name] = {**base.overrides, **point}
     return out, values
 
@@ -218,6 +235,7 @@ def _check_phases(phases: list[PhaseSpec], final: FinalPhaseSpec, directions: di
                 raise ConfigError(f"direction {dname!r}: {role} {getattr(spec, role)!r} is not a shared phase {shared}")
         if not spec.layers:
             raise ConfigError(f"direction {dname!r}: layers must name at least one layer")
+        positive_int(f"direction {dname!r}: null_samples", spec.null_samples, allow_none=True)
 
 
 def validate_study(
@@ -255,6 +273,10 @@ def validate_study(
     for seed in seeds:
         seed_value("study seed", seed)
     _check_phases(phases, final, directions)
+    nulls = [d for d, spec in directions.items() if spec.kind == "matched_null"]
+    if nulls and len(seeds) < 2:
+        raise ConfigError(f"direction(s) {nulls}: a matched null is built from the other seeds' histories, so the "
+                          f"study needs at least two seeds, got {seeds}")
     for arm_name in arms:
         _check_name(arm_name, "arm")
     for sweep_name in sweeps:

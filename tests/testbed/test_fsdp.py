@@ -62,7 +62,7 @@ def test_blocked_finetune_fsdp2_two_processes_match_one(tmp_path: Path, run_cli,
 
     _assert_match(tmp_path, "blocks.1.hidden", steps=[1, 2, 4, 6])
     one = json.loads((tmp_path / "single" / "rank0.json").read_text())
-    assert max(abs(x) for x in one["callbacks"]["UpdateProjectionBlocker"]["basis"]) > 0  # a real Jacobian basis
+    assert max(abs(x) for x in one["callbacks"]["UpdateProjectionBlocker"]["jacobians"]) > 0  # a real Jacobian
 
 
 # ---- which interventions run under FSDP2, and what a refusal says (checked before fit) ----------------------------

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from testbed import protocol
-from testbed.directions import extract_direction, random_directions
+from testbed.directions import random_directions
 from testbed.errors import ConfigError
 from testbed.interventions import (
     ActivationClamp,
@@ -27,69 +27,10 @@ from testbed.interventions import (
 from testbed.judging import HarmfulnessCallback
 from testbed.optim import OptimizerSettings
 from testbed.probes import ProbeSet
-from testbed.testing import quiet_trainer
+from tests.helpers.reversion import LAYER, FirstOrderRecorder, data, module_history, trainer
 from toy_models.gravity import GravityData, GravityMLP, RefusalJudge
 
-LAYER = "blocks.1.hidden"
-
-
-def trainer(steps: int, callbacks: list[pl.Callback], logger: Any = False, **kwargs: Any) -> pl.Trainer:
-    return quiet_trainer(steps, callbacks, logger=logger, deterministic=True, **kwargs)
-
-
-def data(**kwargs: Any) -> GravityData:
-    return GravityData(phase="finetune", n_train=96, batch_size=32, probe_size=32, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[GravityMLP, Path]:
-    """A small 'aligned' model and a v_rev file; the stand-in witness is where plain fine-tuning takes the model
-    (so plain fine-tuning drifts along v_rev by construction, as in the gravity toy)."""
-    torch.manual_seed(0)
-    aligned = GravityMLP(hidden=16, optimizer=OptimizerSettings(lr=1e-2))
-    witness = copy.deepcopy(aligned)
-    pl.seed_everything(1)
-    trainer(20, []).fit(witness, data())
-    ds = extract_direction(witness, aligned, ProbeSet(data().probe_batch()), ["blocks.0.hidden", LAYER])
-    return aligned, ds.save(tmp_path_factory.mktemp("dirs") / "vrev.pt")
-
-
-class FirstOrderRecorder(pl.Callback):
-    """Independently of the blockers: J at the pre-step weights, then J·Δθ relative to |J||Δθ| per step."""
-
-    def __init__(self, path: Path, layers: list[str], probe_rows: int | None = None) -> None:
-        from testbed.directions import load_direction
-
-        self.ds = load_direction(path)
-        self.layers = layers
-        self.probe_rows = probe_rows  # measure on the first rows of the probe set only
-        self.ratios: list[float] = []
-
-    def _flat(self, module: protocol.TestbedModule) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for _, p in module.trainable_parameters()])
-
-    def on_train_batch_start(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
-        probe = ProbeSet(trainer.datamodule.probe_batch())
-        probe = probe.head(self.probe_rows) if self.probe_rows else probe
-        params = [p for _, p in module.trainable_parameters()]
-        means = probe.mean(module, self.layers, self.ds.pooling, grad=True)
-        self.jacobians = []
-        for layer in self.layers:
-            grads = torch.autograd.grad(
-                torch.dot(means[layer], self.ds.vectors[layer]), params, retain_graph=True, allow_unused=True
-            )
-            self.jacobians.append(
-                torch.cat(
-                    [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)]
-                )
-            )
-        self.before = self._flat(module)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
-        delta = (self._flat(module) - self.before).double()
-        for jac in self.jacobians:
-            jac = jac.double()
-            self.ratios.append(float(jac @ delta / (jac.norm() * delta.norm())))
+history = pytest.fixture(scope="module", name="history")(module_history)
 
 
 SUBSET = ProjectionSettings(jacobian_probe_size=8)
@@ -267,7 +208,7 @@ def test_blocker_state_is_restored_not_recomputed(history: Any) -> None:
     trainer(3, [second]).fit(moved, data())
     # the reference means come from the saved state, not from the (moved) model at the start of the resumed run
     assert torch.equal(second.reference_mean[LAYER], state["reference_mean"][LAYER])
-    assert state["jacobians"].shape[0] == 2 and state["basis"].shape == state["jacobians"].shape
+    assert state["jacobians"].shape[0] == 2
 
 
 def test_bad_blocker_settings_are_refused(history: Any, tmp_path: Path) -> None:
@@ -392,5 +333,5 @@ def test_a_degenerate_constraint_is_said_not_silent(history: Any, tmp_path: Path
     said = [str(w.message) for w in caught if "degenerated" in str(w.message)]
     assert len(said) == degenerate and (not said or LAYER in said[0])
     rows = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()
-    column = rows[0].split(",").index("intervention/jacobian_zero_layers")
-    assert [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]] == [float(degenerate)] * 2
+    column = rows[0].split(",").index("intervention/constraint_rank")
+    assert [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]] == [0.0 if degenerate else 1.0] * 2

@@ -23,7 +23,7 @@ from testbed.report import build_report, load_spec, read_scalars
 from testbed.report.cells import compute_cell
 from testbed.report.runs import Run
 from testbed.report.spec import Column, parse_spec
-from testbed.report.stats import jonckheere, ordering_test
+from testbed.report.stats import difference_test, jonckheere, ordering_test
 from testbed.study.layout import DONE, RUN_CONFIG, SHARED, RunKey, run_dir
 from tests.helpers.paths import REPO_ROOT
 
@@ -257,6 +257,33 @@ def test_ordering_test_matches_a_direct_enumeration(study: Path, tmp_path: Path)
     assert ordering_test(tied).pvalue == pytest.approx(direct_ordering_p(tied))
 
 
+def test_difference_test_matches_a_direct_enumeration(study: Path, tmp_path: Path) -> None:
+    spec = {"rows": ROWS, "columns": [{"kind": "value", "tag": "m/x", "step": 4, "label": "x"}],
+            "tests": [{"kind": "difference", "column": "x", "order": ["a", "b"]}]}
+    payload = report(study, tmp_path, spec)
+    (test,) = payload["tables"][0]["tests"]
+    a, b = ([f32(mx(arm, s, 4)) for s in SEEDS] for arm in "ab")
+    pooled, observed, hits = a + b, np.mean(b) - np.mean(a), 0
+    for first in itertools.combinations(range(6), 3):
+        rest = [pooled[i] for i in range(6) if i not in first]
+        hits += abs(np.mean(rest) - np.mean([pooled[i] for i in first])) >= abs(observed) - 1e-12
+    assert test["kind"] == "difference" and test["exact"] and test["permutations"] == 20
+    assert test["statistic"] == pytest.approx(observed) and test["pvalue"] == pytest.approx(hits / 20)
+    assert any(n.startswith("Difference test, H1: a ≠ b") and "two-sided" in n for n in payload["tables"][0]["notes"])
+    assert difference_test([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]).pvalue == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="kind: difference"):
+        parse_spec({**spec, "tests": [{"kind": "difference", "column": "x", "order": ["a", "b", "c"]}]}, "t")
+
+
+def test_area_average_is_the_time_mean(study: Path, tmp_path: Path) -> None:
+    spec = {"rows": ROWS, "columns": [{"kind": "area", "tag": "harm", "steps": [0, 20], "average": True}]}
+    got = cells(report(study, tmp_path, spec))
+    for arm in ARMS:
+        means = [np.trapezoid([f32(harm(arm, s, t)) for t in range(0, 21, 5)], range(0, 21, 5)) / 20 for s in SEEDS]
+        cell = got[arm, "mean of harm (steps 0–20)"]
+        assert cell["mean"] == pytest.approx(np.mean(means), rel=1e-12)
+
+
 def test_ordering_test_with_one_seed_per_arm_is_a_note(tmp_path: Path) -> None:
     root = tmp_path / "one_seed"
     for arm in "ab":
@@ -354,12 +381,17 @@ def test_generic_report_from_options_and_spec_in_the_run_folder(study: Path, tmp
 
 
 def test_the_repository_specs_name_the_studies_arms() -> None:
+    from testbed.study.spec import ArmSpec, SweepSpec, expand_sweeps
+
     for folder in (REPO / "experiments" / "gravity_toy", REPO / "experiments" / "llm_safety"):
         spec = load_spec(folder / "report.yaml")
-        arms = set(yaml.safe_load((folder / "study.yaml").read_text())["arms"])
+        study = yaml.safe_load((folder / "study.yaml").read_text())
+        sweeps = {k: SweepSpec(**v) for k, v in (study.get("sweeps") or {}).items()}
+        base = {k: ArmSpec(callbacks=(v or {}).get("callbacks", [])) for k, v in study["arms"].items()}
+        arms, _ = expand_sweeps(base, sweeps)
         rows = [a for t in spec.tables for a in t.rows if not a.startswith(f"{SHARED}/")]
-        assert set(rows) == arms, folder
-        assert spec.plots and all(p.kind in ("lines", "dual") for p in spec.plots)
+        assert set(rows) == set(arms), folder
+        assert spec.plots and all(p.kind in ("lines", "dual", "dose") for p in spec.plots)
 
 
 @settings(max_examples=60, deadline=None)

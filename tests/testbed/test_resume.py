@@ -62,7 +62,7 @@ def test_killed_blocked_finetune_resumes_to_the_uninterrupted_result(tmp_path, r
 
     blocker_full = _callback_state(full, "UpdateProjectionBlocker")
     blocker_resumed = _callback_state(resumed, "UpdateProjectionBlocker")
-    assert blocker_full["basis"] is not None and blocker_full["basis"].shape[0] == 1
+    assert blocker_full["jacobians"] is not None and blocker_full["jacobians"].shape[0] == 1
     assert_nested_close(blocker_full, blocker_resumed, "UpdateProjectionBlocker")
 
     monitor_full = _callback_state(full, "ReversionMonitor")

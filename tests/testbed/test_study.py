@@ -299,6 +299,25 @@ def test_arms_get_the_final_phase_callbacks_before_their_own(tmp_path: Path) -> 
     assert as_text == {k: json.dumps(v) for k, v in inherited.items()}
 
 
+def test_a_sweep_can_set_a_value_inside_the_base_arms_callback(tmp_path: Path) -> None:
+    blocker = {**BLOCKER, "init_args": {**BLOCKER["init_args"], "projection": {"every_n_steps": 1}}}
+    key = "callbacks.0.init_args.projection.every_n_steps"
+    path = write_study(tmp_path, name="cb", arms={"blocked": {"callbacks": [blocker]}},
+                       sweeps={"every": {"base": "blocked", "grid": {key: [2, 5]}}})
+    run_study(path, "--dry_run", "true")
+    root = tmp_path / "runs" / "cb"
+    for value in (2, 5):
+        callbacks = yaml.safe_load((root / f"every/every_n_steps={value}/seed=0/run_config.yaml").read_text())[
+            "trainer"]["callbacks"]
+        assert callbacks[-1]["init_args"]["projection"]["every_n_steps"] == value
+    base = yaml.safe_load((root / "blocked/seed=0/run_config.yaml").read_text())["trainer"]["callbacks"]
+    assert base[-1]["init_args"]["projection"]["every_n_steps"] == 1  # the base arm keeps its own value
+    beyond = write_study(tmp_path, name="cb2", arms={"blocked": {"callbacks": [blocker]}},
+                         sweeps={"bad": {"base": "blocked", "grid": {"callbacks.3.init_args.x": [1]}}})
+    with pytest.raises(ConfigError, match=r"sweep 'bad' \(the base arm's callbacks\): override 'callbacks.3"):
+        run_study(beyond)
+
+
 def test_final_phase_callbacks_are_checked(tmp_path: Path) -> None:
     unknown = write_study(tmp_path, final={"name": "finetune", "config": "toy.yaml", "callbacks": [
         {"class_path": "a.B", "init_args": {"p": "{directions.nope}"}}]})

@@ -141,3 +141,22 @@ def test_jsonl_datamodule_probe_defaults_to_harmful_prompts(tmp_path) -> None:
     probe = dm.probe_batch()
     assert probe["attention_mask"].sum(1).tolist() == [5, 6]  # <user> ... <assistant>
     assert dm.judge_prompts() == ["<user> to hurt people <assistant>", "<user> to steal money now <assistant>"]
+
+
+def test_rehearsal_mixes_refusals_of_training_families_into_the_fine_tune_only() -> None:
+    small = {"pretrain_size": 64, "align_size": 32, "finetune_size": 90, "eval_size": 8}
+    plain = SafetyWorldDataModule(phase="finetune", world=small)
+    mixed = SafetyWorldDataModule(phase="finetune", world=small, rehearsal={"fraction": 0.1})
+    plain.prepare_examples()
+    mixed.prepare_examples()
+    added = mixed.train_examples[len(plain.train_examples):]
+    assert mixed.train_examples[: len(plain.train_examples)] == plain.train_examples
+    assert len(added) == 10 and len(added) / len(mixed.train_examples) == pytest.approx(0.1)  # 10 of 100
+    training = {f.name for f in mixed.world.train_families}
+    assert all(e.family.startswith("harmful/") and e.family in training for e in added)
+    assert all(e.response.startswith("sorry ,") for e in added)
+    assert mixed.val_examples == plain.val_examples  # the benign val loss is measured on the same set
+    with pytest.raises(ConfigError, match="not into 'align'"):
+        SafetyWorldDataModule(phase="align", world=small, rehearsal={})
+    with pytest.raises(ConfigError, match="rehearsal.fraction"):
+        SafetyWorldDataModule(phase="finetune", world=small, rehearsal={"fraction": 1.0})

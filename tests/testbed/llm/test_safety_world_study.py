@@ -31,11 +31,15 @@ TINY_OVERRIDES = {
 
 def _tiny_study(tmp_path: Path) -> Path:
     directions = yaml.safe_load((LLM / "study.yaml").read_text())["directions"]
-    directions["vrev"]["layers"] = ["blocks.0.resid_post"]
+    for direction in directions.values():
+        direction["layers"] = ["blocks.0.resid_post"]
+    directions["vrev_null"]["null_samples"] = 20
+    sweeps = {"dose": {"base": "block", "grid": {"callbacks.0.init_args.objective.strength": [-0.3]}}}
     return tiny_study(
-        LLM / "study.yaml", tmp_path, arms=["plain", "update_projection", "random_control"], seeds=[0],
+        LLM / "study.yaml", tmp_path, seeds=[0, 1],
+        arms=["plain", "block", "update_projection", "update_projection_clusters", "random_control", "rehearsal"],
         overrides=dict.fromkeys(("pretrain", "align", "finetune"), TINY_OVERRIDES),
-        changes={"name": "llm_tiny", "directions": directions},
+        changes={"name": "llm_tiny", "directions": directions, "sweeps": sweeps},
     )
 
 
@@ -53,14 +57,22 @@ def test_tiny_history_runs_all_phases_and_logs_the_study_tags(tmp_path, run_cli)
         done = json.loads((root / "_shared" / phase / "seed=0" / "DONE.json").read_text())
         assert done["global_step"] == 3
     assert (root / "_shared" / "_directions" / "seed=0" / "vrev.pt").is_file()
+    null = torch.load(root / "_shared" / "_directions" / "seed=1" / "vrev_null.pt", weights_only=True)
+    assert null["vectors"]["blocks.0.resid_post"].shape == (4 + 20, 16)  # 4 pairs of the other seed's history + 20
     align = _scalars(root / "_shared" / "align" / "seed=0")
     assert len(align["align/harmfulness"]) == 2  # before and after alignment
     assert all(0.0 <= v <= 100.0 for v in align["align/harmfulness_gen"])
     plain = _scalars(root / "plain" / "seed=0")
     blocked = _scalars(root / "update_projection" / "seed=0")
-    for tags in (plain, blocked):
-        assert {"align/harmfulness", "align/harmfulness_ci_high", "val/loss",
-                "reversion/cos_drift_vrev/blocks.0.resid_post"} <= set(tags)  # fmt: skip
+    pushed = _scalars(root / "dose" / "strength=-0.3" / "seed=1")
+    for tags in (plain, blocked, pushed, _scalars(root / "rehearsal" / "seed=0")):
+        assert {"align/harmfulness", "align/harmfulness_ci_high", "align/harmfulness_exact",
+                "align/harmfulness_exact_incoherent", "align/harmfulness_exact_agree_harmfulness", "val/loss",
+                "reversion/cos_drift_vrev/blocks.0.resid_post",
+                "reversion/exceeds_null_matched_p99/blocks.0.resid_post"} <= set(tags)  # fmt: skip
+    assert "intervention/objective_grad_ratio" in pushed
+    config = yaml.safe_load((root / "dose" / "strength=-0.3" / "seed=1" / "run_config.yaml").read_text())
+    assert config["trainer"]["callbacks"][-1]["init_args"]["objective"]["strength"] == -0.3
     # Update projection holds the probe representation in place along v_rev (first order): |cos| small.
     assert abs(blocked["reversion/cos_drift_vrev/blocks.0.resid_post"][0]) < 0.2
 
