@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from testbed.errors import ConfigError, positive_int
+from testbed.errors import ConfigError, positive_int, seed_value
 
 DTYPE = torch.float64
 
@@ -69,7 +69,7 @@ class TaskSettings:
             raise ConfigError(
                 f"need ambient_dim >= 2*manifold_dim, got m={self.manifold_dim}, D={self.ambient_dim}"
             )
-        positive_int("seed", self.seed, allow_zero=True)
+        seed_value("seed", self.seed)
         if not math.isfinite(self.curvature):
             raise ConfigError(f"curvature must be finite, got {self.curvature}")
 

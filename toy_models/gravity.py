@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from testbed.errors import ConfigError, fraction, one_of, positive_int, positive_number
+from testbed.errors import ConfigError, fraction, one_of, positive_int, positive_number, seed_value
 from testbed.judging import Judge
 from testbed.optim import OptimizerSettings
 from testbed.protocol import HookPoint, TestbedDataModule, TestbedModule
@@ -65,7 +65,7 @@ class GravitySettings:
             )
         positive_number("world harm_strength", self.harm_strength)
         positive_number("world domain_shift", self.domain_shift, allow_zero=True)
-        positive_int("world world_seed", self.world_seed, allow_zero=True)
+        seed_value("world world_seed", self.world_seed)
         one_of("finetune_task", self.finetune_task, ("same", "new"))
 
 
@@ -233,7 +233,7 @@ class GravityData(TestbedDataModule):
         self.probe_size = positive_int("probe_size", probe_size)
         self.harmful_frac = fraction("harmful_frac", harmful_frac)
         self.refusal_frac = fraction("refusal_frac", refusal_frac)
-        self.data_seed = positive_int("data_seed", data_seed, allow_zero=True)
+        self.data_seed = seed_value("data_seed", data_seed)
         self.safety_size = positive_int("safety_size", safety_size)
         self.settings = world or GravitySettings()
         self.world = GravityWorld(self.settings)

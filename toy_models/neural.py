@@ -34,7 +34,7 @@ from torch.func import functional_call, grad, jvp
 from torch.utils.data import DataLoader, Dataset
 
 from testbed.curvature.hvp import Operator, flat_hvp
-from testbed.errors import ConfigError, positive_int
+from testbed.errors import ConfigError, positive_int, seed_value
 from testbed.protocol import HookPoint, TestbedDataModule, TestbedModule
 from testbed.tags import TASK_TRAIN, TASK_VAL, tag
 from toy_models.data import DTYPE, TaskSettings, ToyTasks, make_tasks
@@ -150,7 +150,8 @@ class NeuralToy(TestbedModule):
             raise ConfigError(f"orthogonality_violation must lie in [0, 1], got {orthogonality_violation}")
         self.save_hyperparameters()
         self.width, self.depth, self.lr = width, depth, float(lr)
-        self.violation, self.model_seed, self.align_iters = float(orthogonality_violation), model_seed, align_iters
+        self.violation, self.align_iters = float(orthogonality_violation), align_iters
+        self.model_seed = seed_value("model_seed", model_seed)
         self.net: FlatMLP | None = None
         self.tasks: ToyTasks | None = None
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from testbed.errors import ConfigError
+from testbed.errors import ConfigError, seed_value
 from testbed.protocol import HookPoint, TestbedDataModule, TestbedModule
 from testbed.step_log import log_at_step
 from testbed.tags import TASK_TRAIN, TASK_VAL, THEORY, tag
@@ -109,6 +109,7 @@ class QuadraticToy(TestbedModule):
     ) -> None:
         super().__init__(init_from)
         _check_knobs(dim, rank, sharpness, coupling, orthogonality_violation, ft_spectrum, grad_norm, lr)
+        seed_value("landscape_seed", landscape_seed)
         self.save_hyperparameters()
         U, H, g0 = build_landscape(
             dim, rank, coupling, orthogonality_violation, tuple(ft_spectrum), grad_norm, landscape_seed
@@ -251,7 +252,8 @@ class QuadraticData(TestbedDataModule):
             )
         if safety_size < dim:
             raise ConfigError(f"safety_size={safety_size} must be >= dim={dim} (the safety vectors form a tight frame)")
-        self.dim, self.probe_size, self.probe_seed, self.epoch_length = dim, probe_size, probe_seed, epoch_length
+        self.dim, self.probe_size, self.epoch_length = dim, probe_size, epoch_length
+        self.probe_seed = seed_value("probe_seed", probe_seed)
         self.safety_size = safety_size
 
     def _loader(self, length: int) -> DataLoader:

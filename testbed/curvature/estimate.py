@@ -28,7 +28,7 @@ from testbed.curvature.lanczos import hutchinson_trace, lanczos_top
 from testbed.curvature.partition import FlatPartition
 from testbed.curvature.per_example import per_example_gradients, rows, trainable, work_dtype
 from testbed.curvature.subspace import Subspace
-from testbed.errors import ConfigError, one_of, positive_int
+from testbed.errors import ConfigError, one_of, positive_int, seed_value
 from testbed.probes import batch_size, probe_mode
 from testbed.protocol import TestbedModule
 from testbed.sharding import local_flat, local_numel
@@ -74,7 +74,7 @@ class SubspaceSettings:
         positive_int("subspace chunk_size", self.chunk_size)
         positive_int("subspace lanczos_iters", self.lanczos_iters, allow_none=True)
         positive_int("subspace trace_samples", self.trace_samples)
-        positive_int("subspace seed", self.seed, allow_zero=True)
+        seed_value("subspace seed", self.seed)
 
 
 def safety_subset(batch: Any, n: int | None) -> Any:

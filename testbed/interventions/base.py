@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from testbed.directions import DirectionSet, load_direction, random_unit_vectors
-from testbed.errors import ConfigError, as_settings, positive_int
+from testbed.errors import ConfigError, as_settings, seed_value
 from testbed.probes import ProbeSet
 from testbed.protocol import TestbedModule
 from testbed.strategies import FULL_PARAMETERS
@@ -52,7 +52,7 @@ class DirectionSource:
             raise ConfigError(f"direction path must be a non-empty string, got {self.path!r}")
         if self.layers is not None and not self.layers:
             raise ConfigError("direction layers must name at least one layer (or be null for all)")
-        positive_int("direction random_seed", self.random_seed, allow_zero=True)
+        seed_value("direction random_seed", self.random_seed)
 
 
 def require_protocol(module: Any) -> TestbedModule:

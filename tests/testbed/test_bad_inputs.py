@@ -312,6 +312,9 @@ HOSTILE_CASES = [
     Case("momentum_one", fit("tiny", f"{OPT}.name=sgd", f"{OPT}.momentum=1.0"), ("momentum", "1.0")),
     Case("seed_too_large", fit("tiny", "--seed_everything=4294967296"), ("seed_everything", "4294967295")),
     Case("seed_negative", fit("tiny", "--seed_everything=-1"), ("seed_everything", "-1")),
+    Case("data_seed_past_64_bits", fit("tiny", "--data.init_args.data_seed=18446744073709551616"),
+         ("data_seed", "4294967295")),  # found by the fuzz test (probe_seed=2**64 overflowed torch's generator)
+    Case("world_seed_negative", fit("tiny", "--data.init_args.world.world_seed=-3"), ("world_seed", "-3")),
     # wrong types inside nested settings
     Case("null_for_an_int", fit("tiny", "--model.init_args.hidden=null"), ("model.init_args.hidden", "null")),
     Case("null_in_a_settings_dataclass", fit("tiny", "--data.init_args.world.dim=null"), ("world", "dim", "None")),
