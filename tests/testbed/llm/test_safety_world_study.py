@@ -58,7 +58,8 @@ def test_tiny_history_runs_all_phases_and_logs_the_study_tags(tmp_path, run_cli)
         assert done["global_step"] == 3
     assert (root / "_shared" / "_directions" / "seed=0" / "vrev.pt").is_file()
     null = torch.load(root / "_shared" / "_directions" / "seed=1" / "vrev_null.pt", weights_only=True)
-    assert null["vectors"]["blocks.0.resid_post"].shape == (4 + 20, 16)  # 4 pairs of the other seed's history + 20
+    # the other seed's history gives 2 pairs (its witness -> reference, and the roles shuffled) + 20 resamples
+    assert null["vectors"]["blocks.0.resid_post"].shape == (2 + 20, 16) and null["metadata"]["pairs"] == 2
     align = _scalars(root / "_shared" / "align" / "seed=0")
     assert len(align["align/harmfulness"]) == 2  # before and after alignment
     assert all(0.0 <= v <= 100.0 for v in align["align/harmfulness_gen"])
