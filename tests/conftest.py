@@ -4,7 +4,7 @@ and GPU tests skipped without a GPU."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -68,3 +68,13 @@ def tiny_llama() -> Callable[..., tuple]:
     from testbed.testing import tiny_lm
 
     return lambda **kwargs: tiny_lm("llama", **kwargs)
+
+
+@pytest.fixture
+def single_threaded() -> Iterator[None]:
+    """The in-process run on one thread, as each subprocess of a multi-process or killed-run comparison is
+    (``OMP_NUM_THREADS=1``): the same kernels and float summation order, so the numbers can be compared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from tests.helpers.compare import assert_nested_close
 from tests.helpers.gravity_runs import finetune_config, run_testbed, write_direction
 
@@ -23,13 +21,9 @@ CURVATURE = [
 ]  # fmt: skip
 
 
-def test_two_processes_give_the_single_process_subspace_diagnostics_and_weights(tmp_path: Path, run_cli):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each DDP process runs
-    try:
-        compare_one_and_two_processes(tmp_path, run_cli)
-    finally:
-        torch.set_num_threads(threads)
+def test_two_processes_give_the_single_process_subspace_diagnostics_and_weights(tmp_path: Path, run_cli,
+                                                                                single_threaded):  # fmt: skip
+    compare_one_and_two_processes(tmp_path, run_cli)
 
 
 def compare_one_and_two_processes(tmp_path: Path, run_cli) -> None:

@@ -77,14 +77,6 @@ def _compare(tmp_path: Path, run_cli, method: str, d: int, tol: float = 1e-5, sl
         assert_nested_close(_logged(one), _logged(got), f"rank{rank}.slope", rtol=slope_tol, atol=0)
 
 
-@pytest.fixture
-def single_threaded():
-    """The in-process run on one thread, as each subprocess is (the same float summation order)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_fsdp2_two_processes_give_the_single_process_curvature_account(tmp_path: Path, run_cli, single_threaded):
     _compare(tmp_path, run_cli, "fisher", 6)

@@ -13,20 +13,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.helpers.compare import assert_nested_close
 from tests.helpers.gravity_runs import finetune_config, run_testbed, write_direction
 
 ALL_INTERVENTIONS = ["GradientProjectionBlocker", "RepresentationPenalty", "ActivationClamp", "L2Anchor"]
 
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _extra(direction: Path, out: Path) -> list[dict]:
@@ -46,7 +38,7 @@ def _close(a, b, where: str) -> None:
     assert_nested_close(a, b, where, rtol=1e-4, atol=1e-5)  # two processes sum in another order: float round-off
 
 
-def test_blocked_finetune_two_processes_match_one(tmp_path: Path, run_cli, one_thread) -> None:
+def test_blocked_finetune_two_processes_match_one(tmp_path: Path, run_cli, single_threaded) -> None:
     direction = write_direction(tmp_path / "vrev.pt")
     single = finetune_config(tmp_path / "single.yaml", direction, max_steps=6, data={"n_train": 32, "batch_size": 32},
                              callbacks=_extra(direction, tmp_path / "single"))
@@ -150,7 +142,7 @@ def test_nan_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_lora_causal_lm_two_processes_match_one(tmp_path: Path, run_cli, one_thread) -> None:
+def test_lora_causal_lm_two_processes_match_one(tmp_path: Path, run_cli, single_threaded) -> None:
     """The same check on the LLM path: a tiny GPT-2 with LoRA, JSONL data, monitor + update projection."""
     from tests.helpers.lm_runs import lm_args, lm_config, write_lm_direction
 

@@ -44,14 +44,6 @@ def _assert_match(tmp_path: Path, layer: str, steps: list[int]) -> None:
         assert_nested_close(expected, logged, f"rank{rank}.history", rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture
-def single_threaded():
-    """The in-process run on one thread, as each subprocess is (the same float summation order)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_blocked_finetune_fsdp2_two_processes_match_one(tmp_path: Path, run_cli, single_threaded) -> None:
     direction = write_direction(tmp_path / "vrev.pt")

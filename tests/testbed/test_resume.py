@@ -10,20 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from testbed.io import load_torch_file
 from tests.helpers.compare import assert_nested_close
 from tests.helpers.gravity_runs import finetune_config, run_testbed, write_direction
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the killed subprocess runs with OMP_NUM_THREADS=1: same kernels, same numbers
-    yield
-    torch.set_num_threads(threads)
 
 
 def _checkpoint_callback(dirpath: Path) -> dict:
@@ -37,7 +28,7 @@ def _callback_state(ckpt: dict, name: str) -> dict:
     return states[0]
 
 
-def test_killed_blocked_finetune_resumes_to_the_uninterrupted_result(tmp_path, run_cli, one_thread) -> None:
+def test_killed_blocked_finetune_resumes_to_the_uninterrupted_result(tmp_path, run_cli, single_threaded) -> None:
     direction = write_direction(tmp_path / "vrev.pt")
     full_cfg = finetune_config(tmp_path / "full.yaml", direction, callbacks=[_checkpoint_callback(tmp_path / "full")])
     assert run_cli(["fit", "--config", str(full_cfg)]) == 0
@@ -72,7 +63,7 @@ def test_killed_blocked_finetune_resumes_to_the_uninterrupted_result(tmp_path, r
     assert_nested_close(_callback_state(full, "ResumableRng"), _callback_state(resumed, "ResumableRng"), "ResumableRng")
 
 
-def test_resume_without_rng_state_would_diverge(tmp_path, run_cli, one_thread) -> None:
+def test_resume_without_rng_state_would_diverge(tmp_path, run_cli, single_threaded) -> None:
     """Control: the gravity data is shuffled, so the RNG state really matters for the equality above.
 
     Two uninterrupted runs that differ only in the torch RNG state at the start of epoch 2 end apart.
