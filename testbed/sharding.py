@@ -36,6 +36,7 @@ from testbed.errors import ConfigError
 __all__ = [
     "local",
     "is_sharded",
+    "ShardGroups",
     "shard_groups",
     "all_reduce_sum",
     "backward_grads",

@@ -16,12 +16,15 @@ vectors under DDP; under FSDP2 the backward pass has already averaged them (redu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from testbed.sharding import ShardGroups, all_reduce_sum, local_numel, shard_groups
 
 __all__ = ["FlatPartition"]
 
@@ -41,6 +44,8 @@ class FlatPartition:
         world_size: number of processes whose partial sums are added (1: no reduction).
         sharded: the flat vectors hold this process's shards only (FSDP2); ``size`` is then the local length.
         total: P over all processes (the global length; ``size`` unless sharded).
+        groups: the process groups the shards live on (``testbed.sharding.shard_groups``); a sharded partial sum is
+            reduced over these, exactly as the blockers' flat algebra does.
     """
 
     size: int
@@ -49,6 +54,7 @@ class FlatPartition:
     world_size: int = 1
     sharded: bool = False
     total: int = -1
+    groups: ShardGroups = ()
 
     def __post_init__(self) -> None:
         if self.stop < 0:
@@ -63,18 +69,18 @@ class FlatPartition:
         return cls(size, bounds[rank], bounds[rank + 1], world_size)
 
     @classmethod
-    def current(cls, size: int, local_size: int | None = None) -> FlatPartition:
-        """The partition for the running process group, or one process.
+    def current(cls, params: Sequence[Tensor]) -> FlatPartition:
+        """The partition of the trainable parameters ``params`` for the running process group, or one process.
 
-        Args:
-            size: P, the number of trainable parameters.
-            local_size: the length of this process's shards when the parameters are sharded (FSDP2); None for DDP
-                (every process holds the full vector, which is split) or one process.
+        Sharded parameters (FSDP2) make each process sum over its own shards and reduce over their shard groups;
+        otherwise (DDP) every process holds the full vector, which is split.
         """
+        size = sum(p.numel() for p in params)
         if not _distributed():
             return cls(size)
-        if local_size is not None:
-            return cls(local_size, world_size=dist.get_world_size(), sharded=True, total=size)
+        groups = shard_groups(params)
+        if groups:
+            return cls(local_numel(params), world_size=dist.get_world_size(), sharded=True, total=size, groups=groups)
         return cls.split(size, dist.get_rank(), dist.get_world_size())
 
     @property
@@ -86,6 +92,8 @@ class FlatPartition:
         if self.world_size <= 1:
             return partial
         total = partial.detach().clone()
+        if self.sharded:
+            return all_reduce_sum(total, self.groups)
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total
 

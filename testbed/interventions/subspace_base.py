@@ -30,7 +30,7 @@ from testbed.interventions.base import require_protocol
 from testbed.interventions.flat import flatten, trainable_parameters
 from testbed.probes import map_batch, probe_mode
 from testbed.protocol import TestbedModule
-from testbed.sharding import backward_grads, full_flat, is_sharded, local_flat, local_numel
+from testbed.sharding import backward_grads, full_flat, is_sharded, local_flat
 from testbed.strategies import FULL_PARAMETERS
 
 __all__ = ["SubspaceCallback"]
@@ -85,8 +85,7 @@ class SubspaceCallback(pl.Callback):
         module = require_protocol(pl_module)
         params = [p for _, p in trainable(module)]
         self._params = self.params(module)
-        local_size = local_numel(params) if is_sharded(params) else None
-        self.partition = FlatPartition.current(sum(p.numel() for p in params), local_size)
+        self.partition = FlatPartition.current(params)
         if self.needs_safety_batch():
             datamodule = getattr(trainer, "datamodule", None)
             if datamodule is None or not hasattr(datamodule, "safety_batch"):
