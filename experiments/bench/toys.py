@@ -62,7 +62,8 @@ def steps_per_second(make_model, make_data, steps: int, workdir: str, d: int) ->
         num_sanity_val_steps=0,
         limit_val_batches=0,
         logger=TensorBoardLogger(workdir, name="bench"),
-        callbacks=[CurvatureMonitor({"d": d}, every_n_steps=1, fit_window=(2, steps), theory_order=2), timer],
+        callbacks=[CurvatureMonitor({"d": d}, every_n_steps=1, fit_window=(2, steps), theory_order=2, measure_n="all"),
+                   timer],
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)

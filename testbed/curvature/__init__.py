@@ -24,6 +24,7 @@ from testbed.curvature.estimate import (
     random_subspace,
     safety_loss,
     safety_subset,
+    spread_subset,
 )
 from testbed.curvature.hvp import LossHVP, flat_hvp
 from testbed.curvature.lanczos import hutchinson_trace, lanczos_top
@@ -51,4 +52,5 @@ __all__ = [
     "random_subspace",
     "safety_loss",
     "safety_subset",
+    "spread_subset",
 ]

@@ -29,12 +29,12 @@ from testbed.curvature.partition import FlatPartition
 from testbed.curvature.per_example import per_example_gradients, rows, trainable, work_dtype
 from testbed.curvature.subspace import Subspace
 from testbed.errors import ConfigError, one_of, positive_int, seed_value
-from testbed.probes import batch_size, probe_mode
+from testbed.probes import batch_size, map_batch, probe_mode
 from testbed.protocol import TestbedModule
 from testbed.sharding import local_flat, local_numel
 
 __all__ = ["SubspaceSettings", "fisher_subspace", "hessian_subspace", "random_subspace", "estimate_subspace",
-           "safety_subset", "safety_loss"]  # fmt: skip
+           "safety_subset", "safety_loss", "spread_subset"]  # fmt: skip
 
 
 @dataclass
@@ -87,9 +87,27 @@ def safety_subset(batch: Any, n: int | None) -> Any:
     return rows(batch, 0, n) if n is not None else batch
 
 
-def safety_loss(module: TestbedModule, batch: Any) -> Tensor:
-    """u(θ) = mean_i ℓ_i on the safety batch (float64; differentiable when grad is enabled)."""
-    return module.safety_losses(batch).double().mean()
+def safety_loss(module: TestbedModule, batch: Any, chunk_size: int | None = None) -> Tensor:
+    """u(θ) = mean_i ℓ_i on the safety batch (float64; differentiable when grad is enabled).
+
+    With ``chunk_size`` the per-example losses are computed that many examples at a time, which bounds the memory of
+    the activations and logits of a forward pass without autograd (each ℓ_i is still computed on its own row).
+    """
+    n = batch_size(batch)
+    size = n if chunk_size is None else positive_int("chunk_size", chunk_size)
+    if size >= n:
+        return module.safety_losses(batch).double().mean()
+    return torch.cat([module.safety_losses(rows(batch, i, i + size)) for i in range(0, n, size)]).double().mean()
+
+
+def spread_subset(batch: Any, m: int) -> Any:
+    """``m`` examples spread evenly over the batch (rows ⌊i·N/m⌋, i < m), so an ordered safety set (harmful requests
+    first, say) keeps its mix; the whole batch when ``m`` >= N."""
+    n = batch_size(batch)
+    if m >= n:
+        return batch
+    index = torch.arange(m) * n // m
+    return map_batch(batch, lambda t: t[index.to(t.device)] if t.dim() > 0 else t)
 
 
 def _check_d(d: int, n: int | None, p: int, method: str) -> None:

@@ -6,8 +6,9 @@ verdict with its predicted exponent; these are logged at step 0 under ``curvatur
 ``<log_dir>/curvature.pt``. Then, at step 1, every ``every_n_steps`` steps, at the extra ``steps`` and at the end, with
 δ = θ − θ* it logs
 
-- ``delta_u``: Δu = u(θ) − u(θ*), the safety loss (mean of ``safety_losses`` on the safety batch, or on its first
-  ``measure_n`` examples: one forward pass over them per measurement) minus its start;
+- ``delta_u``: Δu = u(θ) − u(θ*), the safety loss (mean of ``safety_losses``) on ``measure_n`` examples spread evenly
+  over the safety batch (default: 16, or all when there are fewer; ``all``: every example S is estimated from), minus
+  its start: one forward pass over them per measurement, ``subspace.chunk_size`` examples at a time;
 - ``disp_in_S`` = ‖P_S δ‖, ``disp_f`` = ‖F^{1/2} P_S δ‖, ``disp_norm`` = ‖δ‖, and ``update_overlap`` =
   ‖P_S Δθ‖/‖Δθ‖ for the last update Δθ;
 - ``linear_pred`` = ∇u(θ*)·δ and ``quadratic_pred`` = ½‖F^{1/2} P_S δ‖²: near θ* Δu ≈ linear_pred + quadratic_pred
@@ -41,9 +42,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from testbed.curvature.diagnostics import AICThresholds, Diagnostics, diagnose
-from testbed.curvature.estimate import SubspaceSettings, safety_loss
+from testbed.curvature.estimate import SubspaceSettings, safety_loss, spread_subset
 from testbed.curvature.hvp import LossHVP
-from testbed.curvature.per_example import rows
 from testbed.errors import ConfigError, as_settings, one_of, positive_int
 from testbed.interventions.subspace_base import SubspaceCallback
 from testbed.probes import batch_size, probe_mode
@@ -54,9 +54,10 @@ from testbed.tags import CURVATURE, tag
 from theory.fit import RunningLogLogFit
 from theory.quartic import leading_law, leading_law_gd, predict_alignment_loss_gd
 
-__all__ = ["CurvatureMonitor", "RELATIVE_ZERO"]
+__all__ = ["CurvatureMonitor", "DEFAULT_MEASURE_N", "RELATIVE_ZERO"]
 
 RELATIVE_ZERO = 1e-12  # ‖P_S δ‖ at or below this fraction of ‖δ‖ is round-off of a zero projection: not fitted
+DEFAULT_MEASURE_N = 16  # Δu's examples by default: one forward pass of about a training batch per measurement
 
 
 def _t(name: str) -> str:
@@ -75,8 +76,10 @@ class CurvatureMonitor(SubspaceCallback):
         law: ``gd`` (γ²η⁴n²(n−1)²/8) or ``flow`` (γ²t⁴/8, t = ηn) for ``leading_law``.
         aic: thresholds of the verdict (``AICThresholds``).
         save: write S and the diagnostics to ``<log_dir>/curvature.pt`` (atomically; rank zero, with a logger).
-        measure_n: measure Δu (and ∇u(θ*) for ``linear_pred``) on the first ``measure_n`` safety examples only
-            (default: all N that S is estimated from); fewer make each measurement cheaper and Δu noisier.
+        measure_n: measure Δu (and ∇u(θ*) for ``linear_pred``) on this many safety examples, spread evenly over the
+            safety batch (rows ⌊i·N/m⌋); ``all``: on all N that S is estimated from; default (None): 16, or all N when
+            there are fewer. A measurement is one forward pass over them, so its cost grows with measure_n: at 16 it
+            is about a third of a training step of 16 examples (logged as ``curvature/measure_n``).
     """
 
     def __init__(
@@ -89,7 +92,7 @@ class CurvatureMonitor(SubspaceCallback):
         law: Literal["gd", "flow"] = "gd",
         aic: AICThresholds | None = None,
         save: bool = True,
-        measure_n: int | None = None,
+        measure_n: int | Literal["all"] | None = None,
     ) -> None:
         super().__init__(subspace)
         if self.settings.method == "random":
@@ -106,7 +109,11 @@ class CurvatureMonitor(SubspaceCallback):
         self.law = one_of("law", law, ("gd", "flow"))
         self.thresholds = as_settings(AICThresholds, aic, "aic") or AICThresholds()
         self.save = bool(save)
-        self.measure_n = positive_int("measure_n", measure_n, allow_none=True)
+        if measure_n not in (None, "all") and (isinstance(measure_n, bool) or not isinstance(measure_n, int)
+                                               or measure_n < 1):  # fmt: skip
+            raise ConfigError(f"measure_n must be a positive integer, all, or null (the default of "
+                              f"{DEFAULT_MEASURE_N} examples), got {measure_n!r}")
+        self.measure_n = measure_n
         self.measured: Any = None  # the safety examples Δu is measured on
         self.diagnostics: Diagnostics | None = None
         self.history: list[dict[str, float]] = []
@@ -141,9 +148,10 @@ class CurvatureMonitor(SubspaceCallback):
         restored = self._restored
         super().on_train_start(trainer, pl_module)
         size = batch_size(self.safety)
-        if self.measure_n is not None and self.measure_n > size:
+        if isinstance(self.measure_n, int) and self.measure_n > size:
             raise ConfigError(f"measure_n={self.measure_n} exceeds the safety set ({size} examples)")
-        self.measured = self.safety if self.measure_n is None else rows(self.safety, 0, self.measure_n)
+        count = {None: min(DEFAULT_MEASURE_N, size), "all": size}.get(self.measure_n, self.measure_n)
+        self.measured = spread_subset(self.safety, count)
         if restored is not None:
             self._restore_monitor(restored)
             return
@@ -151,12 +159,13 @@ class CurvatureMonitor(SubspaceCallback):
         self.eta = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else math.nan
         self.safety_grad = self.safety_gradient(pl_module, self.measured)
         stationary = {_t("safety_grad_norm"): float(self.partition.norm(self.safety_grad)),
-                      _t("safety_grad_in_S"): float(self.subspace.coords(self.safety_grad, self.partition).norm())}
+                      _t("safety_grad_in_S"): float(self.subspace.coords(self.safety_grad, self.partition).norm()),
+                      _t("measure_n"): float(batch_size(self.measured))}
         log_at_step(trainer, {**self.subspace.scalars(), **stationary}, step=0)
 
     def _safety_loss(self, pl_module: pl.LightningModule) -> float:
         with probe_mode(pl_module):
-            return float(safety_loss(pl_module, self.measured))
+            return float(safety_loss(pl_module, self.measured, self.settings.chunk_size))
 
     # ---- the AIC diagnostics on the first batch ---------------------------------------------------------------
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *args: Any) -> None:
@@ -280,10 +289,15 @@ class CurvatureMonitor(SubspaceCallback):
         state.update({"u_star": self.u_star, "eta": self.eta, "fit": self.fit.state_dict(), "history": self.history,
                       "safety_grad": full_flat(self.safety_grad, self._params).detach().cpu(),
                       "last_step": self._last_step, "series": None if self.series is None else self.series.tolist(),
+                      "measure_n": batch_size(self.measured),
                       "diagnostics": None if diag is None else (list(diag.numbers), diag.hvp)})  # fmt: skip
         return state
 
     def _restore_monitor(self, state: dict[str, Any]) -> None:
+        count = batch_size(self.measured)
+        if int(state.get("measure_n", count)) != count:
+            raise ConfigError(f"the checkpoint's CurvatureMonitor measured Δu on {state['measure_n']} safety examples, "
+                              f"this run on {count}: set measure_n as the checkpointed run did")
         self.u_star, self.eta = float(state["u_star"]), float(state["eta"])
         self.safety_grad = local_flat(state["safety_grad"].to(self.theta_star.device), self._params)
         self.fit.load_state_dict(state["fit"])

@@ -21,14 +21,14 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from testbed.curvature.estimate import SubspaceSettings, estimate_subspace, safety_loss, safety_subset
+from testbed.curvature.estimate import SubspaceSettings, estimate_subspace, safety_subset
 from testbed.curvature.partition import FlatPartition
-from testbed.curvature.per_example import trainable
+from testbed.curvature.per_example import rows, trainable
 from testbed.curvature.subspace import Subspace
 from testbed.errors import ConfigError, as_settings
 from testbed.interventions.base import require_protocol
 from testbed.interventions.flat import flatten, trainable_parameters
-from testbed.probes import map_batch, probe_mode
+from testbed.probes import batch_size, map_batch, probe_mode
 from testbed.protocol import TestbedModule
 from testbed.sharding import backward_grads, full_flat, is_sharded, local_flat
 from testbed.strategies import FULL_PARAMETERS
@@ -71,15 +71,25 @@ class SubspaceCallback(pl.Callback):
         return flatten(params, params)
 
     def safety_gradient(self, module: TestbedModule, batch: Any = None) -> Tensor:
-        """∇u at the current weights on ``batch`` (default: the safety batch), flat [P] (eval mode, RNG isolated)."""
+        """∇u at the current weights on ``batch`` (default: the safety batch), flat [P] (eval mode, RNG isolated).
+
+        One backward pass per ``chunk_size`` examples, summed: the activations of one chunk are alive at a time.
+        """
         params = self.params(module)
         batch = self.safety if batch is None else batch
+        n, size = batch_size(batch), self.settings.chunk_size
+        total: Tensor | None = None
         with probe_mode(module, grad=True):
-            if is_sharded(params):  # every process runs it on the whole batch: FSDP's average is the gradient itself
-                grads = backward_grads(lambda: safety_loss(module, batch), params)
-            else:
-                grads = torch.autograd.grad(safety_loss(module, batch), params, allow_unused=True)
-        return flatten(grads, params)
+            for start in range(0, n, size):
+                chunk = rows(batch, start, start + size)
+                part = lambda chunk=chunk: module.safety_losses(chunk).double().sum() / n  # noqa: E731
+                if is_sharded(params):  # every process runs it on the whole batch: FSDP's average is the gradient
+                    grads = backward_grads(part, params)
+                else:
+                    grads = torch.autograd.grad(part(), params, allow_unused=True)
+                flat = flatten(grads, params)
+                total = flat if total is None else total + flat
+        return total
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module = require_protocol(pl_module)

@@ -24,8 +24,9 @@ from toy_models.gravity import GravityMLP
 
 
 def run_monitored(model: pl.LightningModule, data: pl.LightningDataModule, steps: int, **monitor: Any):
-    """Fit ``steps`` steps with a ``CurvatureMonitor(**monitor)`` (every step by default); returns the monitor."""
-    callback = CurvatureMonitor(**{"every_n_steps": 1, **monitor})
+    """Fit ``steps`` steps with a ``CurvatureMonitor(**monitor)`` (every step and Δu on the whole safety set by
+    default, so that on the quadratic toy Δu is the alignment loss itself); returns the monitor."""
+    callback = CurvatureMonitor(**{"every_n_steps": 1, "measure_n": "all", **monitor})
     quiet_trainer(steps, [callback]).fit(model, data)
     return callback
 

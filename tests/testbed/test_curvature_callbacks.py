@@ -70,23 +70,50 @@ def test_monitor_logs_the_diagnostics_and_writes_the_subspace(tmp_path: Path):
     assert math.copysign(1, first["curvature/delta_u"]) == math.copysign(1, first["curvature/linear_pred"])
 
 
-def test_measure_n_measures_delta_u_on_the_first_safety_examples_with_the_same_subspace():
+def _delta_u_on(rows_: list[int], start: GravityMLP, trained: GravityMLP, safety: Any) -> float:
     from testbed.curvature import safety_loss
-    from testbed.curvature.per_example import rows
-    from testbed.probes import probe_mode
+    from testbed.probes import map_batch, probe_mode
 
-    full, part = monitor(), monitor(measure_n=8)
-    start = model()
-    fit(copy.deepcopy(start), [full])
-    trained = fit(copy.deepcopy(start), [part])
-    assert torch.equal(full.subspace.basis, part.subspace.basis)  # S still comes from all 32 safety examples
-    first = rows(part.safety, 0, 8)
+    picked = map_batch(safety, lambda t: t[rows_])
     with probe_mode(start), probe_mode(trained):
-        want = float(safety_loss(trained, first) - safety_loss(start, first))
-    assert part.history[-1]["curvature/delta_u"] == pytest.approx(want, rel=1e-6)
-    assert part.history[-1]["curvature/delta_u"] != pytest.approx(full.history[-1]["curvature/delta_u"], rel=1e-3)
+        return float(safety_loss(trained, picked) - safety_loss(start, picked))
+
+
+def test_measure_n_measures_delta_u_on_examples_spread_over_the_safety_set_with_the_same_subspace():
+    everything, spread, default = monitor(measure_n="all"), monitor(measure_n=8), monitor()
+    start = model()
+    fit(copy.deepcopy(start), [everything])
+    fit(copy.deepcopy(start), [default])
+    trained = fit(copy.deepcopy(start), [spread])
+    assert torch.equal(everything.subspace.basis, spread.subspace.basis)  # S still comes from all 32 safety examples
+    last = spread.history[-1]["curvature/delta_u"]
+    assert last == pytest.approx(_delta_u_on([0, 4, 8, 12, 16, 20, 24, 28], start, trained, spread.safety), rel=1e-6)
+    assert everything.history[-1]["curvature/delta_u"] == pytest.approx(
+        _delta_u_on(list(range(32)), start, trained, spread.safety), rel=1e-6)
+    # the default: 16 of the 32, every other one
+    assert default.history[-1]["curvature/delta_u"] == pytest.approx(
+        _delta_u_on(list(range(0, 32, 2)), start, trained, spread.safety), rel=1e-6)
+    assert last != pytest.approx(everything.history[-1]["curvature/delta_u"], rel=1e-3)
     with pytest.raises(ConfigError, match="measure_n=33 exceeds the safety set"):
         fit(model(), [monitor(measure_n=33)])
+
+
+def test_delta_u_is_the_same_measured_a_chunk_of_examples_at_a_time():
+    whole, chunked = monitor(measure_n="all"), monitor(measure_n="all", subspace={**SUBSPACE, "chunk_size": 5})
+    start = model()
+    fit(copy.deepcopy(start), [whole])
+    fit(copy.deepcopy(start), [chunked])
+    for a, b in zip(whole.history, chunked.history, strict=True):
+        assert a["curvature/delta_u"] == pytest.approx(b["curvature/delta_u"], rel=1e-5, abs=1e-9)
+        assert a["curvature/linear_pred"] == pytest.approx(b["curvature/linear_pred"], rel=1e-4, abs=1e-9)
+
+
+def test_a_resume_refuses_a_different_number_of_measured_examples(tmp_path: Path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)
+    fit(model(), [monitor(measure_n="all"), ckpt], steps=2, enable_checkpointing=True)
+    trainer = quiet_trainer(4, [monitor(), copy.deepcopy(ckpt)], enable_checkpointing=True)
+    with pytest.raises(ConfigError, match="measured Δu on 32 safety examples, this run on 16"):
+        trainer.fit(model(), data(), ckpt_path=str(next(tmp_path.glob("*.ckpt"))))
 
 
 def test_blocker_holds_the_motion_in_S_under_adamw_and_shares_the_estimate():
@@ -140,6 +167,8 @@ def test_one_sided_blocker_never_raises_the_safety_model_in_S():
         ({"fit_window": [3, 3]}, "fit_window must be"),
         ({"every_n_steps": 10, "fit_window": [2, 9]}, "fewer than two measured steps"),
         ({"subspace": {"d": 4, "extra": 1}}, "unknown subspace setting"),
+        ({"measure_n": 0, "every_n_steps": 2}, "measure_n must be a positive integer, all, or null"),
+        ({"measure_n": "some", "every_n_steps": 2}, "measure_n must be a positive integer, all, or null"),
     ],
 )
 def test_monitor_settings_are_checked_at_construction(kwargs, message):

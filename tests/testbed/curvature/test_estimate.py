@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from experiments.llm_safety.curvature_checks import CASES, gamma_check, gram_check, safety_batch, tiny_gpt2
 from testbed.curvature import (
@@ -17,6 +19,8 @@ from testbed.curvature import (
     lanczos_top,
     per_example_gradients,
     principal_angles,
+    safety_loss,
+    spread_subset,
 )
 from testbed.curvature.partition import FlatPartition
 from testbed.errors import ConfigError
@@ -124,3 +128,19 @@ def test_random_subspace_is_seeded_orthonormal_and_sized(safety):
 def test_bad_sizes_are_config_errors(safety, settings, message):
     with pytest.raises(ConfigError, match=message):
         estimate_subspace(_gpt2(None), safety, SubspaceSettings(**settings))
+
+
+@given(n=st.integers(1, 200), m=st.integers(1, 250))
+def test_spread_subset_takes_m_distinct_rows_evenly_over_the_batch(n, m):
+    batch = {"ids": torch.arange(n), "scalar": torch.tensor(7)}
+    picked = spread_subset(batch, m)["ids"].tolist()
+    assert len(picked) == min(m, n) and picked == sorted(set(picked)) and picked[0] == 0
+    gaps = [b - a for a, b in zip(picked, [*picked[1:], picked[0] + n], strict=True)]  # wrapping round once
+    assert max(gaps) - min(gaps) <= 1  # as even as whole rows allow
+
+
+def test_chunked_safety_loss_equals_the_whole_batch_forward(safety):
+    model = _gpt2(None)
+    with probe_mode(model):
+        whole = safety_loss(model, safety)
+        assert float(safety_loss(model, safety, chunk_size=3)) == pytest.approx(float(whole), rel=1e-6)
