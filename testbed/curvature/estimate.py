@@ -26,7 +26,7 @@ from torch import Tensor
 from testbed.curvature.hvp import HVPMethod, LossHVP
 from testbed.curvature.lanczos import hutchinson_trace, lanczos_top
 from testbed.curvature.partition import FlatPartition
-from testbed.curvature.per_example import per_example_gradients, rows, trainable, work_dtype
+from testbed.curvature.per_example import chunks, per_example_gradients, rows, trainable, work_dtype
 from testbed.curvature.subspace import Subspace
 from testbed.errors import ConfigError, one_of, positive_int, seed_value
 from testbed.probes import batch_size, map_batch, probe_mode
@@ -93,11 +93,10 @@ def safety_loss(module: TestbedModule, batch: Any, chunk_size: int | None = None
     With ``chunk_size`` the per-example losses are computed that many examples at a time, which bounds the memory of
     the activations and logits of a forward pass without autograd (each ℓ_i is still computed on its own row).
     """
-    n = batch_size(batch)
-    size = n if chunk_size is None else positive_int("chunk_size", chunk_size)
-    if size >= n:
+    if chunk_size is None:
         return module.safety_losses(batch).double().mean()
-    return torch.cat([module.safety_losses(rows(batch, i, i + size)) for i in range(0, n, size)]).double().mean()
+    size = positive_int("chunk_size", chunk_size)
+    return torch.cat([module.safety_losses(part) for _, part in chunks(batch, size)]).double().mean()
 
 
 def spread_subset(batch: Any, m: int) -> Any:

@@ -19,6 +19,7 @@ parameters = 0.22 GB; it grows linearly in both N and P.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +34,7 @@ from testbed.probes import batch_size, map_batch, probe_mode
 from testbed.protocol import TestbedModule
 from testbed.sharding import backward_grads, is_sharded, local_numel
 
-__all__ = ["PerExampleGradients", "per_example_gradients", "rows", "trainable", "work_dtype"]
+__all__ = ["PerExampleGradients", "chunks", "per_example_gradients", "rows", "trainable", "work_dtype"]
 
 Method = Literal["auto", "vmap", "loop"]
 
@@ -76,6 +77,12 @@ def rows(batch: Any, start: int, stop: int) -> Any:
     return map_batch(batch, lambda t: t[start:stop] if t.dim() > 0 else t)
 
 
+def chunks(batch: Any, size: int) -> Iterator[tuple[int, Any]]:
+    """``(start, rows(batch, start, start + size))`` over the batch, ``size`` examples at a time."""
+    for start in range(0, batch_size(batch), size):
+        yield start, rows(batch, start, start + size)
+
+
 def trainable(module: TestbedModule) -> list[tuple[str, nn.Parameter]]:
     """The module's trainable ``(name, parameter)`` pairs (probe protocol); a ``ConfigError`` when there are none."""
     named = [(n, p) for n, p in module.trainable_parameters() if p.requires_grad]
@@ -104,8 +111,8 @@ def _by_vmap(call: _Call, named: list[tuple[str, nn.Parameter]], batch: Any, out
                        call.name)  # fmt: skip
 
     per_example = vmap(grad(one), in_dims=(None, 0))
-    for start in range(0, out.shape[0], chunk):
-        grads = per_example(params, rows(batch, start, start + chunk))
+    for start, examples in chunks(batch, chunk):
+        grads = per_example(params, examples)
         offset = 0
         for name, p in named:  # written in place: no concatenated copy of the chunk
             out[start : start + chunk, offset : offset + p.numel()] = grads.pop(f"inner.{name}").flatten(1)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from testbed.curvature.estimate import SubspaceSettings, estimate_subspace, safety_subset
 from testbed.curvature.partition import FlatPartition
-from testbed.curvature.per_example import rows, trainable
+from testbed.curvature.per_example import chunks, trainable
 from testbed.curvature.subspace import Subspace
 from testbed.errors import ConfigError, as_settings
 from testbed.interventions.base import require_protocol
@@ -77,11 +77,10 @@ class SubspaceCallback(pl.Callback):
         """
         params = self.params(module)
         batch = self.safety if batch is None else batch
-        n, size = batch_size(batch), self.settings.chunk_size
+        n = batch_size(batch)
         total: Tensor | None = None
         with probe_mode(module, grad=True):
-            for start in range(0, n, size):
-                chunk = rows(batch, start, start + size)
+            for _, chunk in chunks(batch, self.settings.chunk_size):
                 part = lambda chunk=chunk: module.safety_losses(chunk).double().sum() / n  # noqa: E731
                 if is_sharded(params):  # every process runs it on the whole batch: FSDP's average is the gradient
                     grads = backward_grads(part, params)
